@@ -1,0 +1,142 @@
+"""The full configuration tree with Detectron2's R50-FPN defaults.
+
+Every file in `configs/` starts from `default_config()` and changes only what it needs;
+the returned ConfigDict is locked, so a misspelled or unknown key is an error rather
+than a silently ignored setting.
+"""
+
+import math
+
+import ml_collections
+
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)  # ImageNet mean on 0..255 RGB
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Mask R-CNN R50-FPN as in Detectron2's `mask_rcnn_R_50_FPN_1x`, COCO sized."""
+  c = ml_collections.ConfigDict()
+
+  c.model = m = ml_collections.ConfigDict()
+  m.num_classes = 80  # K foreground classes; index 0 is background
+  m.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
+
+  m.backbone = ml_collections.ConfigDict()
+  m.backbone.depth = 50  # 18 | 34 | 50 | 101
+  m.backbone.norm = 'frozen_bn'  # frozen_bn | group_norm
+  m.backbone.frozen_bn_eps = 1e-5
+  m.backbone.group_norm_groups = 32
+  m.backbone.freeze_at = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ... 5: all
+  m.backbone.stride_in_1x1 = False  # False: torchvision (v1.5); True: original MSRA
+
+  m.fpn = ml_collections.ConfigDict()
+  m.fpn.channels = 256
+
+  m.anchors = ml_collections.ConfigDict()
+  m.anchors.sizes = (32, 64, 128, 256, 512)  # one per level P2..P6
+  m.anchors.aspect_ratios = (0.5, 1.0, 2.0)  # height / width
+  m.anchors.round_base = False  # True: torchvision rounds base anchors to integers
+  # True: stride = padded image size // feature size per axis (torchvision), which
+  # differs from 2**level only where the padded size is not a multiple of 2**level.
+  m.anchors.stride_from_image = False
+
+  m.rpn = ml_collections.ConfigDict()
+  m.rpn.pre_nms_topk_train = 2000  # per level
+  m.rpn.pre_nms_topk_test = 1000  # per level
+  m.rpn.post_nms_topk_train = 1000  # per image, over all levels
+  m.rpn.post_nms_topk_test = 1000
+  m.rpn.nms_threshold = 0.7
+  m.rpn.min_box_size = 0.0  # proposals with a side below this are masked out
+  m.rpn.fg_iou_threshold = 0.7
+  m.rpn.bg_iou_threshold = 0.3
+  m.rpn.batch_size_per_image = 256
+  m.rpn.positive_fraction = 0.5
+  m.rpn.box_loss = 'smooth_l1'  # smooth_l1 | l1
+  m.rpn.smooth_l1_beta = 1.0 / 9.0
+  m.rpn.box_coder_weights = (1.0, 1.0, 1.0, 1.0)
+
+  m.roi_heads = ml_collections.ConfigDict()
+  m.roi_heads.batch_size_per_image = 512
+  m.roi_heads.positive_fraction = 0.25
+  m.roi_heads.fg_iou_threshold = 0.5
+  m.roi_heads.box_loss = 'smooth_l1'  # smooth_l1 | l1
+  m.roi_heads.smooth_l1_beta = 1.0
+  m.roi_heads.box_coder_weights = (10.0, 10.0, 5.0, 5.0)
+  m.roi_heads.score_threshold = 0.05
+  m.roi_heads.nms_threshold = 0.5
+  m.roi_heads.detections_per_image = 100
+
+  m.box_coder_clamp = math.log(1000.0 / 16)  # dw, dh clamp when decoding
+
+  m.roi_op = 'align'  # align | pool
+  m.roi_align = ml_collections.ConfigDict()
+  m.roi_align.aligned = True  # Detectron2's half-pixel shift; torchvision: False
+  m.roi_align.sampling_ratio = 2  # static sample points per bin side (> 0)
+  m.roi_pool = ml_collections.ConfigDict()
+  m.roi_pool.max_bin_cells = 8  # RoIPool is exact for bins up to this many cells a side
+
+  m.box_head = ml_collections.ConfigDict()
+  m.box_head.pooled_size = 7
+  m.box_head.fc_dim = 1024
+
+  m.mask_head = ml_collections.ConfigDict()
+  m.mask_head.pooled_size = 14
+  m.mask_head.conv_dim = 256
+  m.mask_head.num_convs = 4
+  m.mask_head.resolution = 28
+
+  m.mask_loss = 'sigmoid'  # sigmoid | softmax
+  m.class_agnostic_mask = False
+
+  c.data = d = ml_collections.ConfigDict()
+  d.dataset = 'coco'  # 'coco' (annotation file + image folder) | 'tfds' | 'shapes'
+  d.train_annotations = ''
+  d.train_images = ''
+  d.val_annotations = ''
+  d.val_images = ''
+  d.tfds_name = ''
+  d.tfds_data_dir = ''
+  d.tfds_train_split = 'train'  # splits of the prepared coco_instances (data/tfds_coco.py)
+  d.tfds_val_split = 'val'
+  d.resize_mode = 'shorter_side'  # shorter_side (Detectron2) | square (TPU style)
+  d.min_size = 800  # shorter side target (shorter_side mode)
+  d.max_size = 1333  # longer side cap (shorter_side mode); square side (square mode)
+  d.image_size = (1344, 1344)  # fixed padded (height, width), multiples of 64
+  d.mean_rgb = IMAGENET_MEAN_RGB
+  d.std_rgb = IMAGENET_STD_RGB
+  d.max_instances = 100
+  d.mask_size = 112  # ground-truth masks cropped to their box, resized to this
+  d.random_flip = True
+  d.filter_empty_train = True  # drop training images without (non-crowd) instances
+  d.num_workers = 2  # host threads decoding images
+  d.prefetch = 2  # batches prepared ahead
+
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 16  # global, over all hosts and devices
+  t.num_steps = 90_000
+  t.base_lr = 0.02
+  t.momentum = 0.9
+  t.weight_decay = 1e-4
+  t.warmup_steps = 1000
+  t.warmup_factor = 1e-3
+  t.lr_steps = (60_000, 80_000)
+  t.lr_decay = 0.1
+  t.grad_clip_norm = 0.0  # 0 disables clipping
+  t.checkpoint_every = 5000
+  t.keep_checkpoints = 3
+  t.log_every = 20
+  t.eval_every = 0  # 0: only at the end
+  t.seed = 0
+  t.init_checkpoint = ''  # a converted backbone or full checkpoint to start from
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 8
+  e.mask_threshold = 0.5
+  # Predictor padding: 0 pads every image to data.image_size (one compilation); N > 0
+  # pads each resized image to a multiple of N (one compilation per padded shape), as
+  # torchvision's GeneralizedRCNNTransform does with 32.
+  e.pad_to_multiple = 0
+  e.mask_paste = 'bilinear'  # bilinear (Detectron2) | torchvision
+
+  c.lock()
+  return c
