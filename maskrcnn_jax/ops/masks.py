@@ -1,0 +1,328 @@
+"""Instance masks: COCO decoding, box crops and pasting (host), mask-head targets (device).
+
+Host-side functions (`segmentation_to_mask`, `crop_and_resize_mask`, `paste_mask`) are
+NumPy + pycocotools and never touch jax; importing this module does not import jax, so
+the data pipeline can use it. `mask_targets` is pure jnp (jit/vmap-able) and imports jax
+when called.
+
+Coordinates: boxes are `[x1, y1, x2, y2]` in continuous pixels (pixel i covers [i, i+1),
+its center is i + 0.5). Bilinear sampling reads zeros outside the source array, per tap
+(as `F.grid_sample(..., padding_mode='zeros', align_corners=False)`).
+"""
+
+from typing import Any, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_util
+
+
+def _check_polygon(polygon: Any) -> list[float]:
+  """One COCO polygon `[x0, y0, x1, y1, ...]` -> a validated list of floats."""
+  coords = np.asarray(polygon, dtype=np.float64)
+  if coords.ndim != 1 or coords.size % 2 or coords.size < 6:
+    raise ValueError(
+        f'a polygon must be a flat list [x0, y0, x1, y1, ...] of at least 3 points; '
+        f'got shape {coords.shape}')
+  if not np.all(np.isfinite(coords)):
+    raise ValueError('polygon coordinates must be finite')
+  return coords.tolist()
+
+
+def _decompress_counts(counts: bytes) -> list[int]:
+  """COCO compressed RLE string -> run lengths (pycocotools' `rleFrString`)."""
+  runs = []
+  pos = 0
+  while pos < len(counts):
+    value, shift, more = 0, 0, True
+    while more:
+      if pos >= len(counts):
+        raise ValueError('compressed RLE counts end in the middle of a number')
+      char = counts[pos] - 48
+      value |= (char & 0x1f) << shift
+      more = bool(char & 0x20)
+      pos += 1
+      shift += 5
+      if not more and char & 0x10:
+        value -= 1 << shift  # sign extension
+    if len(runs) > 2:  # runs after the third are stored as differences (sic, as pycocotools)
+      value += runs[-2]
+    runs.append(value)
+  return runs
+
+
+def _check_runs(runs: Sequence[int], height: int, width: int) -> None:
+  if any(run < 0 for run in runs):
+    raise ValueError('RLE counts must be non-negative')
+  if sum(runs) != height * width:
+    raise ValueError(
+        f'RLE counts sum to {sum(runs)} pixels, but the image has {height} x {width} = '
+        f'{height * width}')
+
+
+def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+  """Rasterizes a COCO `segmentation` (host side, NumPy + pycocotools).
+
+  Args:
+    segmentation: polygons (list of flat `[x0, y0, x1, y1, ...]` lists, merged into one
+      mask), compressed RLE (`{'counts': str | bytes, 'size': [h, w]}`) or uncompressed
+      RLE (`{'counts': list[int], 'size': [h, w]}`), as in COCO annotation files.
+    height: image height in pixels.
+    width: image width in pixels.
+
+  Returns:
+    mask: [height, width] uint8 in {0, 1}.
+
+  Raises:
+    ValueError: malformed segmentation (a polygon with fewer than 3 points or an odd
+      number of coordinates, no polygons, RLE size not [height, width], RLE counts not
+      covering the image, unknown type). The caller adds file and annotation id.
+  """
+  if isinstance(segmentation, (list, tuple)):
+    if not segmentation:
+      raise ValueError('polygon segmentation has no polygons')
+    polygons = [_check_polygon(polygon) for polygon in segmentation]
+    rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
+  elif isinstance(segmentation, dict):
+    if set(segmentation) != {'counts', 'size'}:
+      raise ValueError(
+          f"RLE segmentation must have keys 'counts' and 'size'; got {sorted(segmentation)}")
+    size = [int(s) for s in segmentation['size']]
+    if size != [height, width]:
+      raise ValueError(f'RLE size {size} does not match the image size {[height, width]}')
+    counts = segmentation['counts']
+    if isinstance(counts, str):
+      counts = counts.encode('ascii')
+    if isinstance(counts, bytes):
+      # Checked here because pycocotools decodes a bad string past the end of its buffer.
+      _check_runs(_decompress_counts(counts), height, width)
+      rle = {'counts': counts, 'size': size}
+    elif isinstance(counts, (list, tuple)):
+      _check_runs([int(run) for run in counts], height, width)
+      rle = mask_util.frPyObjects({'counts': list(counts), 'size': size}, height, width)
+    else:
+      raise ValueError(f'RLE counts must be str, bytes or a list; got {type(counts).__name__}')
+  else:
+    raise ValueError(
+        f'segmentation must be a list of polygons or an RLE dict; got '
+        f'{type(segmentation).__name__}')
+  return np.ascontiguousarray(mask_util.decode(rle), dtype=np.uint8)
+
+
+def _linear_taps(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Linear interpolation taps along one axis, zero weight outside [0, size).
+
+  Args:
+    coords: [n] float64 sample positions in pixel-index coordinates.
+    size: length of the sampled axis.
+
+  Returns:
+    indices: [n, 2] int64 in [0, size), safe to gather.
+    weights: [n, 2] float64.
+  """
+  lower = np.floor(coords)
+  frac = coords - lower
+  indices = lower.astype(np.int64)[:, None] + np.array([0, 1])
+  weights = np.stack([1.0 - frac, frac], axis=-1)
+  weights = np.where((indices >= 0) & (indices < size), weights, 0.0)
+  return np.clip(indices, 0, size - 1), weights
+
+
+def _bilinear_sample(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+  """Samples `image` [H, W] on the grid ys [h] x xs [w] -> [h, w] float64 (zeros outside)."""
+  rows, row_weights = _linear_taps(ys, image.shape[0])
+  cols, col_weights = _linear_taps(xs, image.shape[1])
+  out = np.zeros((len(ys), len(xs)))
+  for a in range(2):
+    for b in range(2):
+      taps = image[rows[:, a, None], cols[None, :, b]].astype(np.float64)
+      out += row_weights[:, a, None] * col_weights[None, :, b] * taps
+  return out
+
+
+def _bin_centers(lo: float, hi: float, size: int) -> np.ndarray:
+  """[size] pixel-index coordinates of the centers of `size` bins over [lo, hi]."""
+  return lo + (np.arange(size) + 0.5) * ((hi - lo) / size) - 0.5
+
+
+def crop_and_resize_mask(mask: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
+  """Crops `box` out of a mask and resizes it to size x size (host side, NumPy).
+
+  Bilinear sample at the bin centers `x = x1 + (j + 0.5) * (x2 - x1) / size - 0.5`
+  (pixel-index coordinates; zeros outside the mask), then threshold >= 0.5.
+
+  Args:
+    mask: [H, W] uint8 (or bool / float) in {0, 1}.
+    box: [4] float, x1y1x2y2 in pixels of `mask`.
+    size: output side S.
+
+  Returns:
+    crop: [size, size] uint8 in {0, 1}; all zeros for a degenerate box.
+  """
+  x1, y1, x2, y2 = (float(v) for v in box)
+  if not (x2 > x1 and y2 > y1):
+    return np.zeros((size, size), np.uint8)
+  values = _bilinear_sample(mask, _bin_centers(y1, y2, size), _bin_centers(x1, x2, size))
+  return (values >= 0.5).astype(np.uint8)
+
+
+def _paste_bilinear(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,
+                    threshold: float) -> np.ndarray:
+  """Detectron2 `paste_masks_in_image` for one mask ([M, M] -> [height, width] bool)."""
+  out = np.zeros((height, width), bool)
+  x1, y1, x2, y2 = (float(v) for v in box)
+  if not (x2 > x1 and y2 > y1):
+    return out
+  size_y, size_x = mask_probs.shape
+  # Outside the box grown by one mask cell every sample reads only zero padding.
+  margin_y, margin_x = (y2 - y1) / size_y, (x2 - x1) / size_x
+  row0 = max(int(np.floor(y1 - margin_y)), 0)
+  row1 = min(int(np.ceil(y2 + margin_y)) + 1, height)
+  col0 = max(int(np.floor(x1 - margin_x)), 0)
+  col1 = min(int(np.ceil(x2 + margin_x)) + 1, width)
+  if row1 <= row0 or col1 <= col0:
+    return out
+  # Pixel centers in mask-cell coordinates (grid_sample, align_corners=False).
+  ys = (np.arange(row0, row1) + 0.5 - y1) * (size_y / (y2 - y1)) - 0.5
+  xs = (np.arange(col0, col1) + 0.5 - x1) * (size_x / (x2 - x1)) - 0.5
+  out[row0:row1, col0:col1] = _bilinear_sample(mask_probs, ys, xs) >= threshold
+  return out
+
+
+def _torch_linear_taps(in_size: int, out_indices: np.ndarray,
+                       out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Taps of `F.interpolate(mode='bilinear', align_corners=False)` along one axis.
+
+  float32 arithmetic in the order of PyTorch's CPU kernel (`compute_source_index_and_lambda`).
+
+  Args:
+    in_size: input length.
+    out_indices: [n] int64 output positions to compute.
+    out_size: full output length.
+
+  Returns:
+    index0, index1: [n] int64; lambda0, lambda1: [n] float32.
+  """
+  if in_size == out_size:
+    ones = np.ones(len(out_indices), np.float32)
+    return out_indices, out_indices, ones, np.zeros_like(ones)
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = scale * (out_indices.astype(np.float32) + np.float32(0.5)) - np.float32(0.5)
+  src = np.maximum(src, np.float32(0))
+  index0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  lambda1 = np.clip(src - index0.astype(np.float32), np.float32(0), np.float32(1))
+  index1 = np.where(index0 < in_size - 1, index0 + 1, index0)
+  return index0, index1, np.float32(1) - lambda1, lambda1
+
+
+def _paste_torchvision(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,
+                       threshold: float) -> np.ndarray:
+  """torchvision `paste_masks_in_image` (padding 1) for one mask, thresholded > threshold."""
+  out = np.zeros((height, width), bool)
+  size = mask_probs.shape[-1]
+  padded = np.pad(mask_probs.astype(np.float32), 1)
+  # expand_boxes, in float32 as torch, then truncation toward zero (`.to(torch.int64)`).
+  scale = np.float32((size + 2) / size)
+  box = box.astype(np.float32)
+  half_w = (box[2] - box[0]) * np.float32(0.5) * scale
+  half_h = (box[3] - box[1]) * np.float32(0.5) * scale
+  center_x = (box[2] + box[0]) * np.float32(0.5)
+  center_y = (box[3] + box[1]) * np.float32(0.5)
+  expanded = np.array([center_x - half_w, center_y - half_h, center_x + half_w,
+                       center_y + half_h], np.float32)
+  bx0, by0, bx1, by1 = (int(v) for v in expanded.astype(np.int64))
+  # paste_mask_in_image: resize to the integer box (+1), copy its part inside the image.
+  box_w = max(bx1 - bx0 + 1, 1)
+  box_h = max(by1 - by0 + 1, 1)
+  col0, col1 = max(bx0, 0), min(bx1 + 1, width)
+  row0, row1 = max(by0, 0), min(by1 + 1, height)
+  if row1 <= row0 or col1 <= col0:
+    return out
+  r0, r1, wr0, wr1 = _torch_linear_taps(size + 2, np.arange(row0, row1) - by0, box_h)
+  c0, c1, wc0, wc1 = _torch_linear_taps(size + 2, np.arange(col0, col1) - bx0, box_w)
+  top = padded[r0[:, None], c0] * wc0 + padded[r0[:, None], c1] * wc1
+  bottom = padded[r1[:, None], c0] * wc0 + padded[r1[:, None], c1] * wc1
+  values = top * wr0[:, None] + bottom * wr1[:, None]
+  out[row0:row1, col0:col1] = values > np.float32(threshold)
+  return out
+
+
+def paste_mask(mask_probs: np.ndarray, box: Sequence[float], height: int, width: int,
+               threshold: float = 0.5, method: str = 'bilinear') -> np.ndarray:
+  """Pastes one mask-head output into the image (host side, NumPy).
+
+  Only the pixels near the box are computed; the rest of the image is False.
+
+  Args:
+    mask_probs: [M, M] float probabilities over `box`.
+    box: [4] float, x1y1x2y2 pixels of the target image.
+    height: target image height.
+    width: target image width.
+    threshold: probability threshold.
+    method: 'bilinear': Detectron2 `paste_masks_in_image` (pixel centers mapped into the
+      box, `grid_sample` with align_corners=False and zeros outside the mask, then
+      >= threshold); a degenerate box pastes nothing. 'torchvision':
+      torchvision.models.detection.roi_heads.paste_mask_in_image (box expanded by
+      (M + 2) / M and truncated to integers, mask padded by 1, bilinear resize to the
+      integer box size + 1, float32 as torch), then > threshold.
+
+  Returns:
+    mask: [height, width] bool.
+  """
+  mask_probs = np.asarray(mask_probs)
+  box = np.asarray(box, dtype=np.float64)
+  if mask_probs.ndim != 2 or box.shape != (4,):
+    raise ValueError(
+        f'expected mask_probs [M, M] and box [4]; got {mask_probs.shape} and {box.shape}')
+  if method == 'bilinear':
+    return _paste_bilinear(mask_probs, box, height, width, threshold)
+  if method == 'torchvision':
+    return _paste_torchvision(mask_probs, box, height, width, threshold)
+  raise ValueError(f"method must be 'bilinear' or 'torchvision'; got {method!r}")
+
+
+def mask_targets(gt_mask_crops, gt_boxes, rois, matched_gt, output_size: int = 28):
+  """Mask-head targets: each RoI's matched gt mask, resampled onto the RoI's bins (jnp).
+
+  Each of the output_size^2 bin centers of a RoI is mapped into its gt box frame and
+  the gt crop is sampled bilinearly there (zeros outside the crop), then >= 0.5; so
+  bins outside the gt box are 0. Pure jnp, usable under jit and vmap.
+
+  Args:
+    gt_mask_crops: [N, S, S] uint8 / float, gt masks cropped to their boxes.
+    gt_boxes: [N, 4] float32, x1y1x2y2 (any frame, the same as `rois`).
+    rois: [R, 4] float32, x1y1x2y2.
+    matched_gt: [R] int32 index into the gt arrays.
+    output_size: side O of the targets (static).
+
+  Returns:
+    targets: [R, output_size, output_size] float32 in {0., 1.}; all zeros where the
+      matched gt box is degenerate.
+  """
+  import jax  # pylint: disable=import-outside-toplevel  # keeps the module import jax-free
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  crop_size = gt_mask_crops.shape[-1]
+  crops = jnp.take(gt_mask_crops, matched_gt, axis=0).astype(jnp.float32)  # [R, S, S]
+  gt = jnp.take(gt_boxes, matched_gt, axis=0).astype(jnp.float32)  # [R, 4]
+  rois = rois.astype(jnp.float32)
+
+  def axis_weights(roi_lo, roi_hi, gt_lo, gt_hi):
+    """[R] box sides -> [R, O, S] interpolation weights from crop cells to RoI bins."""
+    gt_len = gt_hi - gt_lo
+    safe_len = jnp.where(gt_len > 0, gt_len, 1.0)
+    # Bin j center in crop-cell coordinates: start + j * step. Written so that a RoI
+    # equal to its gt box gives exact coordinates (ties at weight 0.5 stay ties).
+    step = (roi_hi - roi_lo) / safe_len * (crop_size / output_size)
+    start = (roi_lo - gt_lo) * (crop_size / safe_len) - 0.5 + 0.5 * step
+    coords = start[:, None] + jnp.arange(output_size, dtype=jnp.float32) * step[:, None]
+    # Linear interpolation as a tent: weight max(0, 1 - |coord - cell|), 0 off the crop.
+    weights = jnp.maximum(
+        0.0, 1.0 - jnp.abs(coords[..., None] - jnp.arange(crop_size, dtype=jnp.float32)))
+    return jnp.where((gt_len > 0)[:, None, None], weights, 0.0)
+
+  row_weights = axis_weights(rois[:, 1], rois[:, 3], gt[:, 1], gt[:, 3])  # [R, O, S]
+  col_weights = axis_weights(rois[:, 0], rois[:, 2], gt[:, 0], gt[:, 2])  # [R, O, S]
+  highest = jax.lax.Precision.HIGHEST  # no bf16/tf32 passes: values are thresholded at 0.5
+  rows = jnp.einsum('rik,rkl->ril', row_weights, crops, precision=highest)
+  values = jnp.einsum('ril,rjl->rij', rows, col_weights, precision=highest)
+  return (values >= 0.5).astype(jnp.float32)

@@ -1,0 +1,299 @@
+"""RoIAlign and RoIPool over one feature map or an FPN pyramid, as static-shape gathers.
+
+Semantics follow torchvision.ops.roi_align / roi_pool exactly (CPU kernels), with NHWC
+features and [R, S, S, C] outputs. Every RoI reads from a flattened [H * W, C] feature
+map through a per-RoI geometry (scale, height, width, offset into the flat map), so one
+gather serves a single level and a whole pyramid alike.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _bin_coordinates(start, bin_size, output_size, sampling_ratio):
+  """Sample coordinates along one axis, torchvision's order of float operations.
+
+  Args:
+    start: [R] RoI start in feature coordinates.
+    bin_size: [R] bin length in feature cells.
+    output_size: S, bins per side.
+    sampling_ratio: G, samples per bin side.
+
+  Returns:
+    [R, S * G]: start + p * bin + (g + 0.5) * bin / G, bin-major.
+  """
+  p = jnp.repeat(jnp.arange(output_size), sampling_ratio).astype(start.dtype)
+  g = jnp.tile(jnp.arange(sampling_ratio), output_size).astype(start.dtype) + 0.5
+  return (start[:, None] + p * bin_size[:, None]
+          + g * bin_size[:, None] / sampling_ratio)
+
+
+def _interpolation_1d(coords, size):
+  """torchvision's bilinear border rules along one axis.
+
+  Args:
+    coords: [R, P] sample coordinates.
+    size: [R] int32 feature extent (H or W) of each RoI's map.
+
+  Returns:
+    low, high: [R, P] int32 neighbour indices in [0, size - 1].
+    w_low, w_high: [R, P] weights, zero where the sample is outside [-1, size].
+  """
+  size = size[:, None]
+  inside = (coords >= -1.0) & (coords <= size.astype(coords.dtype))
+  coords = jnp.maximum(coords, 0.0)
+  low = jnp.floor(coords).astype(jnp.int32)
+  at_edge = low >= size - 1
+  low = jnp.where(at_edge, size - 1, low)
+  high = jnp.where(at_edge, size - 1, low + 1)
+  coords = jnp.where(at_edge, low.astype(coords.dtype), coords)
+  frac = coords - low.astype(coords.dtype)
+  return low, high, jnp.where(inside, 1.0 - frac, 0.0), jnp.where(inside, frac, 0.0)
+
+
+def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, scale,
+                    height, width, offset):
+  """RoIAlign of each RoI on its own map inside a flattened feature buffer.
+
+  Args:
+    flat_features: [N, C], maps stored row-major one after another.
+    boxes: [R, 4] x1y1x2y2 in image pixels.
+    output_size: S.
+    sampling_ratio: G > 0 samples per bin side.
+    aligned: torchvision's half-pixel offset.
+    scale: [R] spatial scale of each RoI's map.
+    height, width: [R] int32 map extent of each RoI.
+    offset: [R] int32 index of each RoI's map's first cell in flat_features.
+
+  Returns:
+    [R, S, S, C] in flat_features.dtype.
+  """
+  boxes = jnp.asarray(boxes)
+  coord_dtype = jnp.promote_types(boxes.dtype, jnp.float32)
+  boxes = boxes.astype(coord_dtype)
+  shift = 0.5 if aligned else 0.0
+  start = boxes[:, :2] * scale[:, None].astype(coord_dtype) - shift
+  roi_size = boxes[:, 2:] * scale[:, None].astype(coord_dtype) - shift - start
+  if not aligned:
+    roi_size = jnp.maximum(roi_size, 1.0)
+  bin_size = roi_size / output_size
+  ys = _bin_coordinates(start[:, 1], bin_size[:, 1], output_size, sampling_ratio)
+  xs = _bin_coordinates(start[:, 0], bin_size[:, 0], output_size, sampling_ratio)
+  y_low, y_high, wy_low, wy_high = _interpolation_1d(ys, height)
+  x_low, x_high, wx_low, wx_high = _interpolation_1d(xs, width)
+  compute_dtype = jnp.promote_types(flat_features.dtype, coord_dtype)
+  total = 0.0
+  for y, wy in ((y_low, wy_low), (y_high, wy_high)):
+    for x, wx in ((x_low, wx_low), (x_high, wx_high)):
+      index = (offset[:, None, None] + y[:, :, None] * width[:, None, None]
+               + x[:, None, :])  # [R, S*G, S*G]
+      weight = (wy[:, :, None] * wx[:, None, :]).astype(compute_dtype)
+      total = total + weight[..., None] * flat_features[index].astype(compute_dtype)
+  num_rois, channels = boxes.shape[0], flat_features.shape[-1]
+  total = total.reshape(num_rois, output_size, sampling_ratio, output_size, sampling_ratio,
+                        channels)
+  return total.mean(axis=(2, 4)).astype(flat_features.dtype)
+
+
+def _c_round(x):
+  """C's round(): halves away from zero (jnp.round rounds halves to even)."""
+  return jnp.sign(x) * jnp.floor(jnp.abs(x) + 0.5)
+
+
+def _roi_pool_flat(flat_features, boxes, output_size, max_bin_cells, scale, height, width,
+                   offset):
+  """RoIPool of each RoI on its own map inside a flattened feature buffer.
+
+  Each bin reads a fixed max_bin_cells x max_bin_cells window from its start corner and
+  masks the cells past its end, so it is exact when no bin spans more cells than that.
+
+  Args:
+    flat_features: [N, C], maps stored row-major one after another.
+    boxes: [R, 4] x1y1x2y2 in image pixels.
+    output_size: S.
+    max_bin_cells: K, window side per bin.
+    scale: [R] spatial scale of each RoI's map.
+    height, width: [R] int32 map extent of each RoI.
+    offset: [R] int32 index of each RoI's map's first cell in flat_features.
+
+  Returns:
+    [R, S, S, C] in flat_features.dtype; empty bins are 0.
+  """
+  boxes = jnp.asarray(boxes)
+  coord_dtype = jnp.promote_types(boxes.dtype, jnp.float32)
+  corners = _c_round(boxes.astype(coord_dtype) * scale[:, None].astype(coord_dtype))
+  corners = corners.astype(jnp.int32)
+  roi_size = jnp.maximum(corners[:, 2:] - corners[:, :2] + 1, 1)
+  bin_size = roi_size.astype(coord_dtype) / output_size  # [R, 2] (x, y)
+  p = jnp.arange(output_size, dtype=coord_dtype)
+
+  def bin_edges(axis, size):
+    lo = jnp.floor(p * bin_size[:, axis:axis + 1]).astype(jnp.int32)
+    hi = jnp.ceil((p + 1) * bin_size[:, axis:axis + 1]).astype(jnp.int32)
+    start = corners[:, axis:axis + 1]
+    return (jnp.clip(lo + start, 0, size[:, None]), jnp.clip(hi + start, 0, size[:, None]))
+
+  y_start, y_end = bin_edges(1, height)  # [R, S]
+  x_start, x_end = bin_edges(0, width)
+
+  def body(cell, running_max):
+    y = y_start + cell // max_bin_cells
+    x = x_start + cell % max_bin_cells
+    inside = (y < y_end)[:, :, None] & (x < x_end)[:, None, :]  # [R, S, S]
+    index = (offset[:, None, None] + jnp.minimum(y, height[:, None] - 1)[:, :, None]
+             * width[:, None, None] + jnp.minimum(x, width[:, None] - 1)[:, None, :])
+    values = jnp.where(inside[..., None], flat_features[index], -jnp.inf)
+    return jnp.maximum(running_max, values)
+
+  shape = (boxes.shape[0], output_size, output_size, flat_features.shape[-1])
+  pooled = jax.lax.fori_loop(0, max_bin_cells * max_bin_cells, body,
+                             jnp.full(shape, -jnp.inf, flat_features.dtype))
+  empty = (y_end <= y_start)[:, :, None] | (x_end <= x_start)[:, None, :]
+  return jnp.where(empty[..., None], 0, pooled).astype(flat_features.dtype)
+
+
+def _single_level_geometry(features, num_rois, spatial_scale):
+  """Flat [H * W, C] map plus per-RoI (scale, height, width, offset) for one level."""
+  features = jnp.asarray(features)
+  height, width, channels = features.shape
+  full = lambda value, dtype: jnp.full((num_rois,), value, dtype)
+  return (features.reshape(height * width, channels), full(spatial_scale, jnp.float32),
+          full(height, jnp.int32), full(width, jnp.int32), full(0, jnp.int32))
+
+
+def roi_align(features: jax.Array, boxes: jax.Array, output_size: int, spatial_scale: float,
+              sampling_ratio: int, aligned: bool) -> jax.Array:
+  """torchvision.ops.roi_align on one image and one level (NHWC).
+
+  Args:
+    features: [H, W, C].
+    boxes: [R, 4] float32 x1y1x2y2 image pixels.
+    output_size: S, bins per side.
+    spatial_scale: feature cells per image pixel (1 / stride).
+    sampling_ratio: G > 0 bilinear samples per bin side (static; torchvision's adaptive
+      G <= 0 depends on each box's size and has no static shape).
+    aligned: shift box corners by -0.5 cell (pixel centers) and allow RoIs under 1 cell.
+
+  Returns:
+    [R, S, S, C] in features.dtype, the mean of the G x G bilinear samples of each bin.
+  """
+  if sampling_ratio <= 0:
+    raise ValueError(f'sampling_ratio must be > 0 (static sample grid), got {sampling_ratio}')
+  geometry = _single_level_geometry(features, boxes.shape[0], spatial_scale)
+  return _roi_align_flat(geometry[0], boxes, output_size, sampling_ratio, aligned,
+                         *geometry[1:])
+
+
+def roi_pool(features: jax.Array, boxes: jax.Array, output_size: int, spatial_scale: float,
+             max_bin_cells: int = 8) -> jax.Array:
+  """torchvision.ops.roi_pool on one image and one level (NHWC).
+
+  Exact whenever every bin spans at most max_bin_cells cells a side (bin side <=
+  ceil(roi cells / S) + 1); larger bins are pooled over their first max_bin_cells cells.
+
+  Args:
+    features: [H, W, C].
+    boxes: [R, 4] float32 x1y1x2y2 image pixels.
+    output_size: S, bins per side.
+    spatial_scale: feature cells per image pixel (1 / stride).
+    max_bin_cells: K, static window side read per bin.
+
+  Returns:
+    [R, S, S, C] in features.dtype: max over each bin's cells, 0 for empty bins.
+  """
+  geometry = _single_level_geometry(features, boxes.shape[0], spatial_scale)
+  return _roi_pool_flat(geometry[0], boxes, output_size, max_bin_cells, *geometry[1:])
+
+
+def assign_levels(boxes: jax.Array, min_level: int = 2, max_level: int = 5,
+                  canonical_level: int = 4, canonical_size: int = 224) -> jax.Array:
+  """FPN level per box, torchvision's LevelMapper (FPN paper eq. 1).
+
+  level = floor(canonical_level + log2(sqrt(area) / canonical_size) + 1e-6), clamped to
+  [min_level, max_level]; the 1e-6 sits outside the log2 as in torchvision. Negative
+  widths/heights count as 0 (such boxes go to min_level).
+
+  Args:
+    boxes: [..., 4] x1y1x2y2 image pixels.
+
+  Returns:
+    [...] int32 levels.
+  """
+  boxes = jnp.asarray(boxes)
+  boxes = boxes.astype(jnp.promote_types(boxes.dtype, jnp.float32))
+  area = (jnp.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
+          * jnp.maximum(boxes[..., 3] - boxes[..., 1], 0.0))
+  level = jnp.floor(canonical_level + jnp.log2(jnp.sqrt(area) / canonical_size) + 1e-6)
+  return jnp.clip(level, min_level, max_level).astype(jnp.int32)
+
+
+def _multilevel(op, features, boxes, min_level):
+  """Runs op(flat [N, C], boxes [R, 4], scale, height, width, offset) per image.
+
+  The levels are flattened and concatenated once ([B, sum H_l W_l, C], 4/3 of level 2)
+  and each RoI gathers from its own level's slice: one gather of R RoIs instead of L
+  gathers of R RoIs followed by a select, which would hold L x [R, S, S, C] at once.
+
+  Args:
+    features: per level [B, H_l, W_l, C], levels min_level.. (stride 2**l).
+    boxes: [B, R, 4].
+
+  Returns:
+    [B, R, S, S, C].
+  """
+  batch, channels = features[0].shape[0], features[0].shape[-1]
+  heights = np.array([f.shape[1] for f in features], np.int32)
+  widths = np.array([f.shape[2] for f in features], np.int32)
+  offsets = np.concatenate([[0], np.cumsum(heights * widths)[:-1]]).astype(np.int32)
+  scales = np.array([2.0**-(min_level + i) for i in range(len(features))], np.float32)
+  flat = jnp.concatenate([f.reshape(batch, -1, channels) for f in features], axis=1)
+  index = assign_levels(boxes, min_level, min_level + len(features) - 1) - min_level
+  geometry = [jnp.asarray(a)[index] for a in (scales, heights, widths, offsets)]
+  return jax.vmap(op)(flat, boxes, *geometry)
+
+
+def multilevel_roi_align(features: Sequence[jax.Array], boxes: jax.Array, output_size: int,
+                         sampling_ratio: int, aligned: bool, min_level: int = 2) -> jax.Array:
+  """torchvision MultiScaleRoIAlign: RoIAlign from each box's assigned FPN level.
+
+  Args:
+    features: per level [B, H_l, W_l, C] for levels min_level.. (level l has stride 2**l).
+    boxes: [B, R, 4] float32 x1y1x2y2 image pixels (zero boxes of padding go to min_level).
+    output_size: S.
+    sampling_ratio: G > 0 (see roi_align).
+    aligned: see roi_align.
+    min_level: level of features[0].
+
+  Returns:
+    [B, R, S, S, C] in the features' dtype.
+  """
+  if sampling_ratio <= 0:
+    raise ValueError(f'sampling_ratio must be > 0 (static sample grid), got {sampling_ratio}')
+  op = lambda flat, b, *geometry: _roi_align_flat(flat, b, output_size, sampling_ratio,
+                                                  aligned, *geometry)
+  return _multilevel(op, features, boxes, min_level)
+
+
+def multilevel_roi_pool(features: Sequence[jax.Array], boxes: jax.Array, output_size: int,
+                        max_bin_cells: int = 8, min_level: int = 2) -> jax.Array:
+  """RoIPool (torchvision.ops.roi_pool) from each box's assigned FPN level.
+
+  Level assignment keeps typical RoIs at ~14 cells a side (S = 7: bins of ~2-3 cells), so
+  the max_bin_cells window is exact except for boxes far larger than their level.
+
+  Args:
+    features: per level [B, H_l, W_l, C] for levels min_level.. (level l has stride 2**l).
+    boxes: [B, R, 4] float32 x1y1x2y2 image pixels.
+    output_size: S.
+    max_bin_cells: K, see roi_pool.
+    min_level: level of features[0].
+
+  Returns:
+    [B, R, S, S, C] in the features' dtype.
+  """
+  op = lambda flat, b, *geometry: _roi_pool_flat(flat, b, output_size, max_bin_cells,
+                                                 *geometry)
+  return _multilevel(op, features, boxes, min_level)
