@@ -1,0 +1,134 @@
+"""Mask R-CNN with FPN: backbone -> fpn -> rpn -> box_head -> mask_head (inference).
+
+Submodules and the torchvision `maskrcnn_resnet50_fpn` state dict prefixes they convert
+from: `backbone` <- `backbone.body.`, `fpn` <- `backbone.fpn.`, `rpn` <- `rpn.head.`
+(see model/rpn.py), `box_head` <- `roi_heads.box_head.` and `roi_heads.box_predictor.`,
+`mask_head` <- `roi_heads.mask_head.` and `roi_heads.mask_predictor.` (see
+model/roi_heads.py).
+
+Anchors are NumPy constants computed at trace time from the static padded image shape,
+so one compilation serves every batch of that shape.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from maskrcnn_jax.model import fpn as fpn_lib
+from maskrcnn_jax.model import postprocess
+from maskrcnn_jax.model import resnet
+from maskrcnn_jax.model import roi_heads
+from maskrcnn_jax.model import rpn as rpn_lib
+from maskrcnn_jax.ops import anchors as anchor_ops
+
+_RPN_LEVELS = (2, 3, 4, 5, 6)
+_ROI_LEVELS = (2, 3, 4, 5)
+
+
+class MaskRCNN(nn.Module):
+  """Mask R-CNN; `config` is the `model` section of the config (frozen on construction).
+
+  `__call__` is inference (DESIGN.md "Model outputs"); `propose` exposes the FPN features
+  and RPN outputs.
+  """
+  config: Any
+
+  def __post_init__(self):
+    # Linen attributes must be hashable; a FrozenConfigDict is, a ConfigDict is not.
+    if not isinstance(self.config, ml_collections.FrozenConfigDict):
+      object.__setattr__(self, 'config', ml_collections.FrozenConfigDict(self.config))
+    super().__post_init__()
+
+  def setup(self):
+    c = self.config
+    if c.mask_head.resolution != 2 * c.mask_head.pooled_size:
+      raise ValueError(f'mask_head.resolution ({c.mask_head.resolution}) must be twice '
+                       f'mask_head.pooled_size ({c.mask_head.pooled_size})')
+    if len(c.anchors.sizes) != len(_RPN_LEVELS):
+      raise ValueError(f'anchors.sizes needs one size per level P2..P6, got {c.anchors.sizes}')
+    dtype = jnp.dtype(c.dtype)
+    b = c.backbone
+    self.backbone = resnet.ResNet(
+        depth=b.depth, norm=b.norm, frozen_bn_eps=b.frozen_bn_eps,
+        group_norm_groups=b.group_norm_groups, freeze_at=b.freeze_at,
+        stride_in_1x1=b.stride_in_1x1, dtype=dtype)
+    self.fpn = fpn_lib.FPN(channels=c.fpn.channels, dtype=dtype)
+    self.rpn = rpn_lib.RPNHead(num_anchors=len(c.anchors.aspect_ratios), dtype=dtype)
+    roi = dict(roi_op=c.roi_op, sampling_ratio=c.roi_align.sampling_ratio,
+               aligned=c.roi_align.aligned, max_bin_cells=c.roi_pool.max_bin_cells,
+               dtype=dtype)
+    self.box_head = roi_heads.BoxHead(
+        num_classes=c.num_classes, fc_dim=c.box_head.fc_dim,
+        pooled_size=c.box_head.pooled_size, **roi)
+    self.mask_head = roi_heads.MaskHead(
+        num_classes=c.num_classes, conv_dim=c.mask_head.conv_dim,
+        num_convs=c.mask_head.num_convs, pooled_size=c.mask_head.pooled_size,
+        class_agnostic=c.class_agnostic_mask, **roi)
+
+  def propose(self, images: jax.Array, image_info: jax.Array,
+              train: bool = False) -> dict[str, Any]:
+    """FPN features, RPN outputs and proposals.
+
+    Args:
+      images: [B, H, W, 3] float32, normalized, padded (H, W multiples of 64).
+      image_info: [B, 4] float32 (resized h, resized w, scale, flipped).
+      train: use the `*_train` proposal counts instead of `*_test`.
+
+    Returns:
+      features: {'p2'..'p6': [B, H / 2**l, W / 2**l, C]} in the compute dtype.
+      objectness: per level P2..P6 [B, N_l] float32 logits.
+      rpn_deltas: per level [B, N_l, 4] float32.
+      proposals: [B, P, 4] float32; proposal_valid: [B, P] bool;
+      proposal_scores: [B, P] float32 logits (see `rpn.select_proposals`).
+    """
+    c = self.config
+    features = self.fpn(self.backbone(images))
+    objectness, deltas = self.rpn([features[f'p{l}'] for l in _RPN_LEVELS])
+    anchors = anchor_ops.fpn_anchors(
+        images.shape[1], images.shape[2], min_level=_RPN_LEVELS[0],
+        max_level=_RPN_LEVELS[-1], sizes=tuple(c.anchors.sizes),
+        aspect_ratios=tuple(c.anchors.aspect_ratios), round_base=c.anchors.round_base,
+        stride_from_image=c.anchors.stride_from_image)
+    proposals, proposal_valid, proposal_scores = rpn_lib.select_proposals(
+        objectness, deltas, anchors, image_info,
+        pre_nms_topk=c.rpn.pre_nms_topk_train if train else c.rpn.pre_nms_topk_test,
+        post_nms_topk=c.rpn.post_nms_topk_train if train else c.rpn.post_nms_topk_test,
+        nms_threshold=c.rpn.nms_threshold, min_box_size=c.rpn.min_box_size,
+        weights=tuple(c.rpn.box_coder_weights), clamp=c.box_coder_clamp)
+    return {
+        'features': features,
+        'objectness': objectness,
+        'rpn_deltas': deltas,
+        'proposals': proposals,
+        'proposal_valid': proposal_valid,
+        'proposal_scores': proposal_scores,
+    }
+
+  def __call__(self, images: jax.Array, image_info: jax.Array) -> dict[str, jax.Array]:
+    """Inference.
+
+    Args:
+      images: [B, H, W, 3] float32, normalized, padded (H, W multiples of 64).
+      image_info: [B, 4] float32 (resized h, resized w, scale, flipped).
+
+    Returns:
+      boxes: [B, D, 4] float32 in the resized frame; scores: [B, D] float32 sorted
+      descending; classes: [B, D] int32 in 1..K (0 where invalid); masks: [B, D, M, M]
+      float32 probabilities (M = 2 * mask_head.pooled_size); valid: [B, D] bool.
+    """
+    c = self.config
+    rpn_out = self.propose(images, image_info)
+    roi_features = [rpn_out['features'][f'p{l}'] for l in _ROI_LEVELS]
+    class_logits, box_deltas = self.box_head(roi_features, rpn_out['proposals'])
+    detections = postprocess.detect_boxes(
+        class_logits, box_deltas, rpn_out['proposals'], rpn_out['proposal_valid'],
+        image_info, weights=tuple(c.roi_heads.box_coder_weights), clamp=c.box_coder_clamp,
+        score_threshold=c.roi_heads.score_threshold,
+        nms_threshold=c.roi_heads.nms_threshold,
+        detections_per_image=c.roi_heads.detections_per_image)
+    mask_logits = self.mask_head(roi_features, detections['boxes'])
+    detections['masks'] = postprocess.select_mask_probs(mask_logits, detections['classes'])
+    return detections

@@ -1,0 +1,109 @@
+"""Inference post-processing: box head outputs -> fixed-size detections, mask probabilities.
+
+`detect_boxes` is torchvision's `RoIHeads.postprocess_detections` with static shapes;
+`select_mask_probs` is its `maskrcnn_inference` (the predicted class's mask, sigmoid).
+"""
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from maskrcnn_jax.ops import boxes as box_ops
+from maskrcnn_jax.ops import nms as nms_ops
+
+
+def detect_boxes(
+    class_logits: jax.Array,
+    box_deltas: jax.Array,
+    proposals: jax.Array,
+    proposal_valid: jax.Array,
+    image_info: jax.Array,
+    *,
+    weights: Sequence[float],
+    clamp: float,
+    score_threshold: float,
+    nms_threshold: float,
+    detections_per_image: int,
+    min_size: float = 1e-2,
+) -> dict[str, jax.Array]:
+  """Per-class boxes, scored, filtered and suppressed to D detections per image.
+
+  Each (proposal, foreground class) pair is a candidate: softmax score, class-specific
+  decoded box clipped to the image. Candidates scoring <= `score_threshold` or with a
+  side < `min_size` are dropped, NMS runs per class, and the D best survivors over all
+  classes are kept. NMS is vmapped over classes (K runs over R candidates rather than one
+  over K * R); the result equals torchvision's class-aware batched_nms.
+
+  Args:
+    class_logits: [B, R, K + 1] float32.
+    box_deltas: [B, R, K + 1, 4] float32.
+    proposals: [B, R, 4] float32 x1y1x2y2 pixels.
+    proposal_valid: [B, R] bool.
+    image_info: [B, 4] float32 (resized h, resized w, scale, flipped).
+    weights: box coder weights (wx, wy, ww, wh).
+    clamp: dw, dh clamp when decoding.
+    score_threshold: minimum (exclusive) class probability.
+    nms_threshold: IoU above which a lower-scored box of the same class is suppressed.
+    detections_per_image: D.
+    min_size: minimum box side (torchvision's remove_small_boxes(1e-2)).
+
+  Returns:
+    boxes: [B, D, 4] float32 in the resized frame, zeros where invalid.
+    scores: [B, D] float32, sorted descending over the valid entries, zeros where invalid.
+    classes: [B, D] int32 in 1..K, 0 where invalid.
+    valid: [B, D] bool.
+  """
+  num_rois, num_outputs = class_logits.shape[1:]
+  per_class_outputs = min(detections_per_image, num_rois)
+
+  def per_image(logits, deltas, proposals, proposal_valid, info):
+    scores = jax.nn.softmax(logits, axis=-1)[:, 1:]  # [R, K]
+    deltas = deltas[:, 1:]  # [R, K, 4]
+    reference = jnp.broadcast_to(proposals[:, None], deltas.shape)
+    boxes = box_ops.decode_boxes(deltas, reference, weights, clamp)
+    boxes = box_ops.clip_boxes(boxes, info[0], info[1])  # [R, K, 4]
+    sides = boxes[..., 2:] - boxes[..., :2]
+    valid = (proposal_valid[:, None] & (scores > score_threshold)
+             & jnp.all(sides >= min_size, axis=-1))
+    boxes, scores, valid = jnp.swapaxes(boxes, 0, 1), scores.T, valid.T  # class major
+
+    def class_nms(boxes, scores, valid):
+      keep, keep_valid = nms_ops.nms(boxes, scores, nms_threshold, per_class_outputs, valid)
+      return boxes[keep], scores[keep], keep_valid
+
+    boxes, scores, valid = jax.vmap(class_nms)(boxes, scores, valid)  # [K, D', ...]
+    classes = jnp.broadcast_to(jnp.arange(1, num_outputs, dtype=jnp.int32)[:, None],
+                               scores.shape)
+    boxes, scores, valid, classes = (
+        boxes.reshape(-1, 4), scores.reshape(-1), valid.reshape(-1), classes.reshape(-1))
+    if scores.shape[0] < detections_per_image:  # fewer candidates than D
+      pad = detections_per_image - scores.shape[0]
+      boxes = jnp.pad(boxes, ((0, pad), (0, 0)))
+      scores, valid, classes = (jnp.pad(a, (0, pad)) for a in (scores, valid, classes))
+    _, top = jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), detections_per_image)
+    valid = valid[top]
+    return {
+        'boxes': jnp.where(valid[:, None], boxes[top], 0.0),
+        'scores': jnp.where(valid, scores[top], 0.0),
+        'classes': jnp.where(valid, classes[top], 0),
+        'valid': valid,
+    }
+
+  return jax.vmap(per_image)(class_logits, box_deltas, proposals, proposal_valid, image_info)
+
+
+def select_mask_probs(mask_logits: jax.Array, classes: jax.Array) -> jax.Array:
+  """Sigmoid of each detection's own class channel (or of the only channel).
+
+  Args:
+    mask_logits: [B, D, M, M, C] float32, C = K + 1 or 1 (class-agnostic).
+    classes: [B, D] int32 in 0..K.
+
+  Returns:
+    [B, D, M, M] float32 probabilities.
+  """
+  if mask_logits.shape[-1] == 1:
+    return jax.nn.sigmoid(mask_logits[..., 0])
+  logits = jnp.take_along_axis(mask_logits, classes[:, :, None, None, None], axis=-1)
+  return jax.nn.sigmoid(logits[..., 0])

@@ -1,0 +1,148 @@
+"""Box and mask heads over RoI features from P2..P5 (torchvision's RoIHeads layers).
+
+Parameter names follow torchvision's `maskrcnn_resnet50_fpn` state dict (`roi_heads.`
+prefix). Dense kernels are PyTorch's [out, in] weights transposed to [in, out]; conv
+kernels are [out, in, kh, kw] transposed to [kh, kw, in, out].
+
+`BoxHead`:
+  fc6/kernel, fc6/bias              <- box_head.fc6.weight, .bias
+  fc7/kernel, fc7/bias              <- box_head.fc7.weight, .bias
+  cls_score/kernel, cls_score/bias  <- box_predictor.cls_score.weight, .bias
+  bbox_pred/kernel, bbox_pred/bias  <- box_predictor.bbox_pred.weight, .bias
+  The pooled [R, S, S, C] features are flattened in PyTorch's (C, S, S) order, so fc6's
+  kernel is torchvision's weight transposed, with no reordering of its input axis.
+
+`MaskHead`:
+  mask_fcn{i}/kernel, mask_fcn{i}/bias      <- mask_head.{i-1}.0.weight, .bias, i = 1..4
+  conv5_mask/kernel, conv5_mask/bias        <- mask_predictor.conv5_mask.weight, .bias
+  mask_fcn_logits/kernel, mask_fcn_logits/bias <- mask_predictor.mask_fcn_logits.weight, .bias
+  conv5_mask is a Flax ConvTranspose with kernel [2, 2, in, out]: PyTorch's ConvTranspose2d
+  weight [in, out, kh, kw] transposed to (kh, kw, in, out) AND flipped in both spatial
+  axes (kernel = w.transpose(2, 3, 0, 1)[::-1, ::-1]).
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from maskrcnn_jax.ops import roi_align as roi_ops
+
+
+def pool_rois(features: Sequence[jax.Array], boxes: jax.Array, output_size: int, roi_op: str,
+              sampling_ratio: int, aligned: bool, max_bin_cells: int) -> jax.Array:
+  """RoIAlign or RoIPool from the FPN level each box is assigned to.
+
+  Args:
+    features: per level [B, H_l, W_l, C], levels 2..5 (stride 2**l).
+    boxes: [B, R, 4] float32 x1y1x2y2 pixels.
+    output_size: S.
+    roi_op: 'align' | 'pool'.
+    sampling_ratio, aligned: RoIAlign settings.
+    max_bin_cells: RoIPool setting.
+
+  Returns:
+    [B, R, S, S, C] in the features' dtype.
+  """
+  if roi_op == 'align':
+    return roi_ops.multilevel_roi_align(features, boxes, output_size, sampling_ratio, aligned,
+                                        min_level=2)
+  if roi_op == 'pool':
+    return roi_ops.multilevel_roi_pool(features, boxes, output_size, max_bin_cells,
+                                       min_level=2)
+  raise ValueError(f'unknown roi_op {roi_op!r}; expected align or pool')
+
+
+class BoxHead(nn.Module):
+  """RoI features -> two fc layers -> class logits and class-specific box deltas.
+
+  Attributes:
+    num_classes: K foreground classes (outputs have K + 1, index 0 background).
+    fc_dim: width of fc6 and fc7.
+    pooled_size: RoI feature size S (7).
+    roi_op, sampling_ratio, aligned, max_bin_cells: see `pool_rois`.
+    dtype: compute dtype; outputs are float32.
+  """
+  num_classes: int
+  fc_dim: int = 1024
+  pooled_size: int = 7
+  roi_op: str = 'align'
+  sampling_ratio: int = 2
+  aligned: bool = True
+  max_bin_cells: int = 8
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: Sequence[jax.Array],
+               boxes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Args:
+      features: per level [B, H_l, W_l, C] (P2..P5).
+      boxes: [B, R, 4] float32 x1y1x2y2 pixels (proposals).
+
+    Returns:
+      class_logits: [B, R, K + 1] float32.
+      box_deltas: [B, R, K + 1, 4] float32, torchvision's (class, coordinate) layout.
+    """
+    x = pool_rois(features, boxes, self.pooled_size, self.roi_op, self.sampling_ratio,
+                  self.aligned, self.max_bin_cells)
+    batch, num_rois = x.shape[:2]
+    x = jnp.moveaxis(x, -1, 2).reshape(batch, num_rois, -1)  # PyTorch's (C, S, S) flatten
+    x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name='fc6')(x))
+    x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name='fc7')(x))
+    num_outputs = self.num_classes + 1
+    class_logits = nn.Dense(num_outputs, dtype=self.dtype,
+                            kernel_init=nn.initializers.normal(stddev=0.01), name='cls_score')(x)
+    box_deltas = nn.Dense(num_outputs * 4, dtype=self.dtype,
+                          kernel_init=nn.initializers.normal(stddev=0.001), name='bbox_pred')(x)
+    return (class_logits.astype(jnp.float32),
+            box_deltas.astype(jnp.float32).reshape(batch, num_rois, num_outputs, 4))
+
+
+class MaskHead(nn.Module):
+  """RoI features -> 4 x (3x3 conv + ReLU) -> 2x upsampling deconv -> mask logits.
+
+  Attributes:
+    num_classes: K foreground classes; K + 1 output channels (index 0 background) unless
+      `class_agnostic`, then one.
+    conv_dim: channels of the convs and the deconv.
+    num_convs: number of 3x3 convs.
+    pooled_size: RoI feature size S (14); logits are 2S x 2S.
+    class_agnostic: one mask channel for all classes.
+    roi_op, sampling_ratio, aligned, max_bin_cells: see `pool_rois`.
+    dtype: compute dtype; outputs are float32.
+  """
+  num_classes: int
+  conv_dim: int = 256
+  num_convs: int = 4
+  pooled_size: int = 14
+  class_agnostic: bool = False
+  roi_op: str = 'align'
+  sampling_ratio: int = 2
+  aligned: bool = True
+  max_bin_cells: int = 8
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: Sequence[jax.Array], boxes: jax.Array) -> jax.Array:
+    """Args:
+      features: per level [B, H_l, W_l, C] (P2..P5).
+      boxes: [B, R, 4] float32 x1y1x2y2 pixels.
+
+    Returns:
+      mask_logits: [B, R, 2S, 2S, K + 1 (or 1 if class_agnostic)] float32.
+    """
+    x = pool_rois(features, boxes, self.pooled_size, self.roi_op, self.sampling_ratio,
+                  self.aligned, self.max_bin_cells)
+    batch, num_rois = x.shape[:2]
+    x = x.reshape(batch * num_rois, *x.shape[2:])
+    init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # as torchvision
+    for i in range(1, self.num_convs + 1):
+      x = nn.relu(nn.Conv(self.conv_dim, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                          kernel_init=init, name=f'mask_fcn{i}')(x))
+    x = nn.relu(nn.ConvTranspose(self.conv_dim, (2, 2), strides=(2, 2), padding='VALID',
+                                 dtype=self.dtype, kernel_init=init, name='conv5_mask')(x))
+    num_outputs = 1 if self.class_agnostic else self.num_classes + 1
+    x = nn.Conv(num_outputs, (1, 1), dtype=self.dtype, kernel_init=init,
+                name='mask_fcn_logits')(x)
+    return x.astype(jnp.float32).reshape(batch, num_rois, *x.shape[1:])

@@ -1,0 +1,99 @@
+"""The whole MaskRCNN on a tiny config: output contract, one compilation, ablations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maskrcnn_jax import config as config_lib
+from maskrcnn_jax.model import mask_rcnn
+
+IMAGE_SIZE = 64
+NUM_CLASSES = 3
+DETECTIONS = 10
+IMAGE_INFO = np.array([[64, 64, 1.0, 0], [40, 52, 0.5, 0]], np.float32)
+
+
+def _tiny_config(**overrides):
+  """The `model` section shrunk to a ResNet-18 with small heads and top-k."""
+  m = config_lib.default_config().model
+  m.num_classes = NUM_CLASSES
+  m.backbone.depth = 18
+  m.fpn.channels = 16
+  m.rpn.pre_nms_topk_test = 50
+  m.rpn.post_nms_topk_test = 20
+  m.box_head.fc_dim = 32
+  m.mask_head.conv_dim = 8
+  m.mask_head.num_convs = 2
+  m.roi_heads.detections_per_image = DETECTIONS
+  for key, value in overrides.items():
+    m[key] = value
+  return m
+
+
+def _images(seed):
+  rng = np.random.default_rng(seed)
+  return rng.normal(size=(2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+
+
+def _check_outputs(out, image_info):
+  out = jax.device_get(out)
+  assert set(out) == {'boxes', 'scores', 'classes', 'masks', 'valid'}
+  assert out['boxes'].shape == (2, DETECTIONS, 4) and out['boxes'].dtype == np.float32
+  assert out['scores'].shape == (2, DETECTIONS) and out['scores'].dtype == np.float32
+  assert out['classes'].shape == (2, DETECTIONS) and out['classes'].dtype == np.int32
+  assert out['valid'].shape == (2, DETECTIONS) and out['valid'].dtype == bool
+  assert out['masks'].shape == (2, DETECTIONS, 28, 28)
+  assert out['valid'].any()
+  for b in range(2):
+    valid = out['valid'][b]
+    n = valid.sum()
+    assert valid[:n].all()  # valid entries first
+    boxes, scores = out['boxes'][b, :n], out['scores'][b, :n]
+    height, width = image_info[b, :2]
+    assert np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= width)
+    assert np.all(boxes[:, [1, 3]] <= height)
+    assert np.all(np.diff(scores) <= 0) and np.all(scores > 0.05)
+    assert np.all((out['classes'][b, :n] >= 1) & (out['classes'][b, :n] <= NUM_CLASSES))
+  masks = out['masks'][out['valid']]
+  assert np.all((masks >= 0) & (masks <= 1))
+
+
+def test_inference_compiles_once_and_meets_the_output_contract():
+  model = mask_rcnn.MaskRCNN(_tiny_config())
+  out, variables = jax.jit(model.init_with_output)(jax.random.PRNGKey(0), _images(0), IMAGE_INFO)
+  _check_outputs(out, IMAGE_INFO)
+  assert set(variables['params']) == {'backbone', 'fpn', 'rpn', 'box_head', 'mask_head'}
+  forward = jax.jit(model.apply)
+  _check_outputs(forward(variables, _images(1), IMAGE_INFO), IMAGE_INFO)
+  flipped_info = IMAGE_INFO[::-1].copy()
+  _check_outputs(forward(variables, _images(2), flipped_info), flipped_info)
+  assert forward._cache_size() == 1  # pylint: disable=protected-access
+
+  proposals = jax.eval_shape(lambda v, x, i: model.apply(v, x, i, method=model.propose),
+                             variables, _images(1), IMAGE_INFO)
+  assert set(proposals['features']) == {'p2', 'p3', 'p4', 'p5', 'p6'}
+  assert proposals['features']['p2'].shape == (2, 16, 16, 16)
+  assert proposals['features']['p6'].shape == (2, 1, 1, 16)
+  assert [o.shape[1] for o in proposals['objectness']] == [768, 192, 48, 12, 3]
+  assert proposals['proposals'].shape == (2, 20, 4)
+  assert proposals['proposal_valid'].shape == proposals['proposal_scores'].shape == (2, 20)
+
+
+@pytest.mark.parametrize('overrides', [
+    {'roi_op': 'pool', 'class_agnostic_mask': True},
+    {'dtype': 'bfloat16'},
+], ids=['pool_class_agnostic', 'bfloat16'])
+def test_ablations_run(overrides):
+  model = mask_rcnn.MaskRCNN(_tiny_config(**overrides))
+  out, variables = jax.jit(model.init_with_output)(jax.random.PRNGKey(0), _images(0), IMAGE_INFO)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables['params']))
+  _check_outputs(out, IMAGE_INFO)
+
+
+def test_inconsistent_mask_resolution_is_an_error():
+  config = _tiny_config()
+  config.mask_head.resolution = 14
+  model = mask_rcnn.MaskRCNN(config)
+  with pytest.raises(ValueError, match='resolution'):
+    model.init(jax.random.PRNGKey(0), _images(0), IMAGE_INFO)
