@@ -1,0 +1,42 @@
+"""A small Mask R-CNN for the built-in synthetic shapes dataset on a CPU.
+
+ResNet-18 + a 64-channel FPN on 128x128 images, with proposal and sample counts scaled
+down to the few objects per image. Paths default to where scripts/demo.py writes the
+dataset; override them with --config.data.train_annotations=... and so on.
+"""
+
+from maskrcnn_jax import config as base
+
+
+def get_config():
+  c = base.default_config()
+  m = c.model
+  m.num_classes = 4  # circle, square, triangle, star
+  m.backbone.depth = 18
+  m.backbone.freeze_at = 0  # trained from scratch: nothing to keep frozen
+  m.fpn.channels = 64
+  m.anchors.sizes = (8, 16, 32, 64, 128)
+  m.rpn.pre_nms_topk_train = 256
+  m.rpn.pre_nms_topk_test = 256
+  m.rpn.post_nms_topk_train = 128
+  m.rpn.post_nms_topk_test = 64
+  m.rpn.batch_size_per_image = 64
+  m.roi_heads.batch_size_per_image = 64
+  m.roi_heads.detections_per_image = 20
+  m.box_head.fc_dim = 256
+  m.mask_head.conv_dim = 64
+  d = c.data
+  d.dataset = 'shapes'
+  d.train_annotations = 'workdir/demo/shapes/annotations/instances_train.json'
+  d.train_images = 'workdir/demo/shapes/train'
+  d.val_annotations = 'workdir/demo/shapes/annotations/instances_val.json'
+  d.val_images = 'workdir/demo/shapes/val'
+  d.resize_mode = 'square'
+  d.min_size = 128
+  d.max_size = 128
+  d.image_size = (128, 128)
+  d.max_instances = 16
+  d.mask_size = 56
+  c.train.batch_size = 8
+  c.eval.batch_size = 8
+  return c
