@@ -7,17 +7,10 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax.model import postprocess
+from tests import numpy_reference
 
 CLAMP = math.log(1000.0 / 16)
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-
-
-def _np_iou(box, boxes):
-  lt = np.maximum(box[:2], boxes[:, :2])
-  rb = np.minimum(box[2:], boxes[:, 2:])
-  inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-  area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-  return inter / (area(box) + area(boxes) - inter)
 
 
 def _np_postprocess(logits, deltas, proposals, image_hw, score_threshold, nms_threshold,
@@ -26,19 +19,10 @@ def _np_postprocess(logits, deltas, proposals, image_hw, score_threshold, nms_th
 
   logits: [R, K + 1]; deltas: [R, (K + 1) * 4]; proposals: [R, 4] (valid ones only).
   """
-  num_classes = logits.shape[1]
-  widths = proposals[:, 2] - proposals[:, 0]
-  heights = proposals[:, 3] - proposals[:, 1]
-  ctr_x = proposals[:, 0] + 0.5 * widths
-  ctr_y = proposals[:, 1] + 0.5 * heights
-  dx, dy = deltas[:, 0::4] / WEIGHTS[0], deltas[:, 1::4] / WEIGHTS[1]
-  dw = np.minimum(deltas[:, 2::4] / WEIGHTS[2], CLAMP)
-  dh = np.minimum(deltas[:, 3::4] / WEIGHTS[3], CLAMP)
-  x = dx * widths[:, None] + ctr_x[:, None]
-  y = dy * heights[:, None] + ctr_y[:, None]
-  w = np.exp(dw) * widths[:, None]
-  h = np.exp(dh) * heights[:, None]
-  boxes = np.stack([x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h], axis=2)
+  num_rois, num_classes = logits.shape
+  boxes = numpy_reference.decode_boxes(
+      deltas.reshape(-1, 4), np.repeat(proposals, num_classes, axis=0), WEIGHTS, CLAMP
+  ).reshape(num_rois, num_classes, 4)
   exp = np.exp(logits - logits.max(axis=1, keepdims=True))
   scores = exp / exp.sum(axis=1, keepdims=True)
   height, width = image_hw
@@ -50,11 +34,7 @@ def _np_postprocess(logits, deltas, proposals, image_hw, score_threshold, nms_th
   boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
   keep = ((boxes[:, 2] - boxes[:, 0]) >= 1e-2) & ((boxes[:, 3] - boxes[:, 1]) >= 1e-2)
   boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-  kept = []
-  for i in np.argsort(-scores, kind='stable'):
-    if all(labels[j] != labels[i] or _np_iou(boxes[j], boxes[i:i + 1])[0] <= nms_threshold
-           for j in kept):
-      kept.append(i)
+  kept = numpy_reference.greedy_nms(boxes, scores, nms_threshold, classes=labels)
   kept = np.asarray(kept[:detections], np.int64)
   return boxes[kept], scores[kept], labels[kept]
 

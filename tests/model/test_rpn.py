@@ -8,42 +8,9 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax.model import rpn
+from tests import numpy_reference
 
 CLAMP = math.log(1000.0 / 16)
-
-
-def _np_decode(deltas, anchors, clamp=CLAMP):
-  """torchvision BoxCoder.decode_single with weights (1, 1, 1, 1), float64."""
-  widths = anchors[:, 2] - anchors[:, 0]
-  heights = anchors[:, 3] - anchors[:, 1]
-  ctr_x = anchors[:, 0] + 0.5 * widths
-  ctr_y = anchors[:, 1] + 0.5 * heights
-  dw = np.minimum(deltas[:, 2], clamp)
-  dh = np.minimum(deltas[:, 3], clamp)
-  x = deltas[:, 0] * widths + ctr_x
-  y = deltas[:, 1] * heights + ctr_y
-  w = np.exp(dw) * widths
-  h = np.exp(dh) * heights
-  return np.stack([x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h], axis=1)
-
-
-def _np_iou(box, boxes):
-  lt = np.maximum(box[:2], boxes[:, :2])
-  rb = np.minimum(box[2:], boxes[:, 2:])
-  inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-  area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-  return inter / (area(box) + area(boxes) - inter)
-
-
-def _np_batched_nms(boxes, scores, groups, threshold):
-  """Greedy NMS within each group; kept indices by decreasing score."""
-  order = np.argsort(-scores, kind='stable')
-  keep = []
-  for i in order:
-    if all(groups[j] != groups[i] or _np_iou(boxes[j], boxes[i:i + 1])[0] <= threshold
-           for j in keep):
-      keep.append(i)
-  return np.asarray(keep, np.int64)
 
 
 def _np_filter_proposals(objectness, deltas, anchors, image_hw, pre_nms_topk, post_nms_topk,
@@ -53,8 +20,7 @@ def _np_filter_proposals(objectness, deltas, anchors, image_hw, pre_nms_topk, po
   for level, (logits, level_deltas, level_anchors) in enumerate(
       zip(objectness, deltas, anchors)):
     top = np.argsort(-logits, kind='stable')[:min(pre_nms_topk, len(logits))]
-    boxes.append(_np_decode(level_deltas[top].astype(np.float64),
-                            level_anchors[top].astype(np.float64)))
+    boxes.append(numpy_reference.decode_boxes(level_deltas[top], level_anchors[top]))
     scores.append(logits[top])
     levels.append(np.full(len(top), level))
   boxes, scores, levels = map(np.concatenate, (boxes, scores, levels))
@@ -63,7 +29,7 @@ def _np_filter_proposals(objectness, deltas, anchors, image_hw, pre_nms_topk, po
   boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
   keep = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
   boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
-  keep = _np_batched_nms(boxes, scores, levels, nms_threshold)[:post_nms_topk]
+  keep = numpy_reference.greedy_nms(boxes, scores, nms_threshold, classes=levels)[:post_nms_topk]
   return boxes[keep], scores[keep]
 
 

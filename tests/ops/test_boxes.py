@@ -7,6 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskrcnn_jax.ops import boxes as box_ops
+from tests.numpy_reference import box_area
+from tests.numpy_reference import box_iou
+from tests.numpy_reference import decode_box
 
 CLAMP = math.log(1000. / 16)
 WEIGHTS = (10., 10., 5., 5.)
@@ -39,10 +42,6 @@ def _edge_boxes():
   ], np.float32)
 
 
-def _area_ref(box):
-  return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
-
-
 def _iou_ref(boxes_a, boxes_b, valid_a, valid_b):
   out = np.zeros((len(boxes_a), len(boxes_b)))
   for i, a in enumerate(boxes_a):
@@ -50,10 +49,7 @@ def _iou_ref(boxes_a, boxes_b, valid_a, valid_b):
       if not (valid_a[i] and valid_b[j]):
         out[i, j] = -1.0
         continue
-      iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-      ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-      union = _area_ref(a) + _area_ref(b) - iw * ih
-      out[i, j] = iw * ih / union if union > 0 else 0.0
+      out[i, j] = box_iou(a, b)
   return out
 
 
@@ -67,19 +63,9 @@ def _encode_ref(box, ref, weights):
           wh * math.log(h / rh)]
 
 
-def _decode_ref(delta, ref, weights, clamp):
-  wx, wy, ww, wh = weights
-  rw, rh = ref[2] - ref[0], ref[3] - ref[1]
-  cx = delta[0] / wx * rw + ref[0] + 0.5 * rw
-  cy = delta[1] / wy * rh + ref[1] + 0.5 * rh
-  w = math.exp(min(delta[2] / ww, clamp)) * rw
-  h = math.exp(min(delta[3] / wh, clamp)) * rh
-  return [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
-
-
 def test_area():
   boxes = np.concatenate([_random_boxes(np.random.default_rng(0), 10), _edge_boxes()])
-  expected = [_area_ref(b) for b in boxes.astype(np.float64)]
+  expected = [box_area(b) for b in boxes.astype(np.float64)]
   np.testing.assert_allclose(area(boxes), expected, rtol=1e-6)
   np.testing.assert_allclose(area(boxes.reshape(2, 9, 4)), np.reshape(expected, (2, 9)),
                              rtol=1e-6)
@@ -172,7 +158,7 @@ def test_decode_matches_reference_and_clamps():
   deltas[2, 2] = WEIGHTS[2] * CLAMP + 1.0
   for weights in [(1., 1., 1., 1.), WEIGHTS]:
     got = np.asarray(decode_boxes(deltas, reference, weights))
-    expected = [_decode_ref(d, r, weights, CLAMP) for d, r in
+    expected = [decode_box(d, r, weights, CLAMP) for d, r in
                 zip(deltas.astype(np.float64), reference.astype(np.float64))]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
     assert np.all(np.isfinite(got))

@@ -9,32 +9,11 @@ import pytest
 
 from maskrcnn_jax.ops import nms as nms_ops
 from tests.conftest import FIXTURES
+from tests.numpy_reference import box_iou
+from tests.numpy_reference import greedy_nms
 
 nms = jax.jit(nms_ops.nms, static_argnames=('iou_threshold', 'max_output'))
 batched_nms = jax.jit(nms_ops.batched_nms, static_argnames=('iou_threshold', 'max_output'))
-
-
-def _iou_ref(a, b):
-  """IoU of two boxes from the definition; 0 for an empty union."""
-  inter_w = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-  inter_h = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-  inter = inter_w * inter_h
-  union = ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-  return inter / union if union > 0 else 0.0
-
-
-def nms_ref(boxes, scores, iou_threshold, valid=None, classes=None):
-  """Greedy NMS: visit valid boxes by score desc (ties: lower index), keep unless a kept box
-  of the same class overlaps it with IoU > threshold. Returns the kept indices in order."""
-  valid = np.ones(len(scores), bool) if valid is None else valid
-  classes = np.zeros(len(scores), int) if classes is None else classes
-  order = sorted(np.flatnonzero(valid), key=lambda i: (-scores[i], i))
-  kept = []
-  for i in order:
-    if all(classes[j] != classes[i] or _iou_ref(boxes[j], boxes[i]) <= iou_threshold
-           for j in kept):
-      kept.append(i)
-  return kept
 
 
 def random_boxes(rng, num_boxes):
@@ -66,7 +45,7 @@ def test_nms_matches_reference(seed, iou_threshold):
   rng = np.random.default_rng(seed)
   boxes, scores = random_boxes(rng, 40)
   valid = rng.uniform(size=40) > 0.2
-  expected = nms_ref(boxes, scores, iou_threshold, valid)
+  expected = greedy_nms(boxes, scores, iou_threshold, valid)
   for max_output in (3, 60):  # fewer and more than kept
     check(*nms(boxes, scores, valid=valid, iou_threshold=iou_threshold,
                max_output=max_output), expected, max_output)
@@ -78,7 +57,7 @@ def test_nms_all_invalid_and_default_valid():
   check(*nms(boxes, scores, valid=np.zeros(10, bool), iou_threshold=0.5, max_output=4),
         [], 4)
   check(*nms(boxes, scores, iou_threshold=0.5, max_output=12),
-        nms_ref(boxes, scores, 0.5), 12)
+        greedy_nms(boxes, scores, 0.5), 12)
 
 
 def test_nms_invalid_box_never_suppresses():
@@ -102,10 +81,10 @@ def test_batched_nms_matches_per_class_reference(seed):
   boxes, scores = random_boxes(rng, 50)
   classes = rng.integers(1, 4, 50).astype(np.int32)
   valid = rng.uniform(size=50) > 0.1
-  expected = nms_ref(boxes, scores, 0.5, valid, classes)
+  expected = greedy_nms(boxes, scores, 0.5, valid, classes)
   # Independent per-class loop: the union of each class's kept boxes, re-ranked.
   per_class = [i for c in range(1, 4)
-               for i in nms_ref(boxes, scores, 0.5, valid & (classes == c))]
+               for i in greedy_nms(boxes, scores, 0.5, valid & (classes == c))]
   assert sorted(per_class, key=lambda i: (-scores[i], i)) == expected
   for max_output in (5, 64):
     check(*batched_nms(boxes, scores, classes, valid=valid, iou_threshold=0.5,
@@ -121,7 +100,7 @@ def test_nms_vmap_batch_of_images():
   fn = jax.jit(jax.vmap(functools.partial(nms_ops.nms, iou_threshold=0.6, max_output=20)))
   indices, out_valid = fn(jnp.asarray(boxes), jnp.asarray(scores), valid=jnp.asarray(valid))
   for b in range(3):
-    check(indices[b], out_valid[b], nms_ref(boxes[b], scores[b], 0.6, valid[b]), 20)
+    check(indices[b], out_valid[b], greedy_nms(boxes[b], scores[b], 0.6, valid[b]), 20)
 
 
 @pytest.mark.parametrize('case', ['uniform', 'clustered', 'clustered_07', 'dense_03'])

@@ -1,0 +1,54 @@
+"""Box references in plain NumPy/Python loops, written from the definitions.
+
+Shared by the tests of ops/boxes.py, ops/nms.py, model/rpn.py and model/postprocess.py
+so that each definition is written once.
+"""
+
+import math
+
+import numpy as np
+
+
+def box_area(box) -> float:
+  """Area of one x1y1x2y2 box; negative sides count as 0."""
+  return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+
+
+def box_iou(a, b) -> float:
+  """IoU of two boxes; 0 for an empty union."""
+  inter = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+  union = box_area(a) + box_area(b) - inter
+  return inter / union if union > 0 else 0.0
+
+
+def decode_box(delta, reference, weights=(1.0, 1.0, 1.0, 1.0), clamp=math.log(1000.0 / 16)):
+  """Box from deltas relative to a reference box (Fast R-CNN parametrization)."""
+  wx, wy, ww, wh = weights
+  rw, rh = reference[2] - reference[0], reference[3] - reference[1]
+  cx = delta[0] / wx * rw + reference[0] + 0.5 * rw
+  cy = delta[1] / wy * rh + reference[1] + 0.5 * rh
+  w = math.exp(min(delta[2] / ww, clamp)) * rw
+  h = math.exp(min(delta[3] / wh, clamp)) * rh
+  return [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
+
+
+def decode_boxes(deltas, references, weights=(1.0, 1.0, 1.0, 1.0),
+                 clamp=math.log(1000.0 / 16)) -> np.ndarray:
+  """`decode_box` over [N, 4] deltas and references, float64."""
+  return np.array([decode_box(d, r, weights, clamp) for d, r in
+                   zip(np.asarray(deltas, np.float64), np.asarray(references, np.float64))],
+                  np.float64).reshape(-1, 4)
+
+
+def greedy_nms(boxes, scores, iou_threshold, valid=None, classes=None) -> list[int]:
+  """Visit valid boxes by score desc (ties: lower index); keep a box unless a kept box of
+  the same class overlaps it with IoU > threshold. Returns the kept indices in order."""
+  valid = np.ones(len(scores), bool) if valid is None else valid
+  classes = np.zeros(len(scores), int) if classes is None else classes
+  order = sorted(np.flatnonzero(valid), key=lambda i: (-scores[i], i))
+  kept = []
+  for i in order:
+    if all(classes[j] != classes[i] or box_iou(boxes[j], boxes[i]) <= iou_threshold
+           for j in kept):
+      kept.append(i)
+  return kept
