@@ -7,14 +7,19 @@ same detections; FPN features and proposals are compared too, so that a mismatch
 at its stage.
 """
 
+import runpy
+import sys
+
 import jax
 import numpy as np
 import pytest
 
+from maskrcnn_jax import checkpoint
 from maskrcnn_jax import convert
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.predictor import Predictor
 from tests.conftest import FIXTURES
+from tests.conftest import REPO_ROOT
 from tests.conftest import load_config
 from tests.tools import seeded_weights
 
@@ -56,6 +61,17 @@ def test_conversion_fills_exactly_the_model_variables(recorded, state_dict):
   shapes = lambda tree: jax.tree_util.tree_map_with_path(
       lambda path, x: (jax.tree_util.keystr(path), x.shape), tree)
   assert jax.tree.leaves(shapes(converted)) == jax.tree.leaves(shapes(expected))
+
+
+def test_convert_weights_script_writes_a_restorable_checkpoint(state_dict, tmp_path,
+                                                               monkeypatch):
+  # Reading a .pth needs torch, which the tests never need: hand the script the dict.
+  monkeypatch.setattr(convert, 'load_torch_state_dict', lambda path: state_dict)
+  monkeypatch.setattr(sys, 'argv', ['convert_weights.py', '--kind', 'maskrcnn', 'model.pth',
+                                    str(tmp_path / 'converted')])
+  runpy.run_path(str(REPO_ROOT / 'scripts' / 'convert_weights.py'), run_name='__main__')
+  restored = checkpoint.restore_variables(str(tmp_path / 'converted'))
+  jax.tree.map(np.testing.assert_array_equal, restored, convert.from_torchvision(state_dict))
 
 
 def test_conversion_names_stray_and_missing_keys(state_dict):
