@@ -17,6 +17,7 @@ ArrayRecord), so batches come from the same pipeline code as the COCO files.
 """
 
 import os
+import pathlib
 from typing import Sequence
 import zipfile
 
@@ -52,8 +53,7 @@ def _extract_zip(zip_path: str, extract_root: str) -> str:
         archive.extractall(destination)
     except zipfile.BadZipFile as error:
       raise ValueError(f'{zip_path}: not a readable zip file ({error})') from error
-    with open(marker, 'w'):
-      pass
+    pathlib.Path(marker).touch()
   return destination
 
 
