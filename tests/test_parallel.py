@@ -1,0 +1,82 @@
+"""Mesh and shardings on 8 simulated CPU devices, and the cluster detection."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from maskrcnn_jax import parallel
+from tests.conftest import REPO_ROOT
+
+# Runs in a fresh process: the device count is fixed when jax first initialises.
+_EIGHT_DEVICES = textwrap.dedent('''
+    import jax, jax.numpy as jnp, numpy as np
+    from maskrcnn_jax import parallel
+    assert jax.device_count() == 8, jax.devices()
+    mesh = parallel.data_mesh()
+    rng = np.random.default_rng(0)
+    batch = {'x': rng.normal(size=(16, 5)).astype(np.float32),
+             'y': rng.normal(size=(16,)).astype(np.float32)}
+    arrays = parallel.host_batch_to_global(batch, mesh)
+    # Each device holds 2 consecutive examples.
+    for shard in arrays['x'].addressable_shards:
+      np.testing.assert_array_equal(np.asarray(shard.data), batch['x'][shard.index])
+      assert shard.data.shape == (2, 5)
+    weights = parallel.replicate(np.arange(5, dtype=np.float32) / 5, mesh)
+    assert weights.sharding.is_fully_replicated
+
+    def loss(w, b):
+      return jnp.mean((b['x'] @ w - b['y']) ** 2)
+
+    step = jax.jit(jax.value_and_grad(loss),
+                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                   out_shardings=parallel.replicated(mesh))
+    value, grad = step(weights, arrays)
+    # The same global batch on one device, in float64 NumPy.
+    w = np.arange(5) / 5
+    residual = batch['x'].astype(np.float64) @ w - batch['y']
+    np.testing.assert_allclose(value, np.mean(residual ** 2), rtol=1e-5)
+    np.testing.assert_allclose(grad, 2 * batch['x'].T @ residual / 16, rtol=1e-4, atol=1e-6)
+    try:
+      parallel.host_batch_to_global({'images': np.zeros((12, 2), np.float32)}, mesh)
+      raise AssertionError('12 examples on 8 devices must be refused')
+    except ValueError as error:
+      assert "batch['images'] has 12 examples" in str(error), error
+    print('ok')
+''')
+
+
+def test_sharded_step_matches_the_single_device_computation():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', _EIGHT_DEVICES], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith('ok')
+
+
+@pytest.mark.parametrize('environ, expected', [
+    ({}, 1),
+    ({'SLURM_NTASKS': '4'}, 4),
+    ({'OMPI_COMM_WORLD_SIZE': '2'}, 2),
+    ({'TPU_WORKER_HOSTNAMES': 'host-0,host-1,host-2,host-3'}, 4),
+    ({'TPU_WORKER_HOSTNAMES': 'localhost'}, 1),
+    ({'SLURM_NTASKS': 'lots'}, 1),
+])
+def test_cluster_process_count(environ, expected):
+  assert parallel.cluster_process_count(environ) == expected
+
+
+def test_single_process_does_not_start_distributed(monkeypatch):
+  for variable in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE', 'TPU_WORKER_HOSTNAMES'):
+    monkeypatch.delenv(variable, raising=False)
+  monkeypatch.setattr(parallel.jax.distributed, 'initialize',
+                      lambda *a, **k: pytest.fail('must not initialise a single process'))
+  assert parallel.initialize_distributed() == 1
+
+
+def test_coordinator_needs_process_count_and_id():
+  with pytest.raises(ValueError, match='num_processes >= 1 and process_id >= 0'):
+    parallel.initialize_distributed('localhost:1234')
