@@ -29,3 +29,36 @@ def restore_variables(path: str) -> Any:
     raise FileNotFoundError(f'no checkpoint directory at {path}')
   restored = ocp.StandardCheckpointer().restore(path)
   return jax.tree.map(np.asarray, restored)
+
+
+def _step_manager(directory: str, keep: int = 0) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save_train_state(directory: str, step: int, state: Any, keep: int) -> None:
+  """Writes `state` (a pytree of arrays) as `directory/<step>`, keeping the newest `keep`.
+
+  A save interrupted by a killed process leaves only an orbax temporary directory,
+  which `latest_train_step` and `restore_train_state` never see.
+  """
+  with _step_manager(directory, keep) as manager:
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    manager.wait_until_finished()
+
+
+def latest_train_step(directory: str) -> int | None:
+  """The newest complete training checkpoint's step, or None if there is none."""
+  if not os.path.isdir(directory):
+    return None
+  with _step_manager(directory) as manager:
+    return manager.latest_step()
+
+
+def restore_train_state(directory: str, step: int, like: Any) -> Any:
+  """Reads `directory/<step>` into the structure, dtypes and shardings of `like`."""
+  with _step_manager(directory) as manager:
+    if step not in manager.all_steps():
+      raise FileNotFoundError(f'no training checkpoint for step {step} in {directory} '
+                              f'(it has steps {list(manager.all_steps())})')
+    return manager.restore(step, args=ocp.args.StandardRestore(like))

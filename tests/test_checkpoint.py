@@ -1,5 +1,6 @@
 """Round trips and error cases of the variables checkpoint wrapper."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -33,3 +34,35 @@ def test_existing_directory_is_never_overwritten(tmp_path):
   checkpoint.save_variables(str(tmp_path / 'ckpt'), _variables())
   with pytest.raises(FileExistsError, match='ckpt'):
     checkpoint.save_variables(str(tmp_path / 'ckpt'), _variables())
+
+
+def _train_state(step):
+  rng = np.random.default_rng(step)
+  return {'step': np.asarray(step, np.int64),
+          'params': {'w': rng.normal(size=(3, 2)).astype(np.float32)},
+          'opt_state': {'momentum': rng.normal(size=(3, 2)).astype(np.float32)},
+          'rng': np.asarray(jax.random.key_data(jax.random.key(step)))}
+
+
+def test_train_checkpoints_keep_the_newest_and_restore_exactly(tmp_path):
+  directory = str(tmp_path / 'run')
+  assert checkpoint.latest_train_step(directory) is None
+  for step in (10, 20, 30):
+    checkpoint.save_train_state(directory, step, _train_state(step), keep=2)
+  assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == ['20', '30']
+  assert checkpoint.latest_train_step(directory) == 30
+  restored = checkpoint.restore_train_state(directory, 30, jax.tree.map(np.zeros_like,
+                                                                        _train_state(0)))
+  jax.tree.map(np.testing.assert_array_equal, restored, _train_state(30))
+
+
+def test_an_interrupted_save_is_never_taken_for_a_checkpoint(tmp_path):
+  directory = tmp_path / 'run'
+  checkpoint.save_train_state(str(directory), 10, _train_state(10), keep=3)
+  # What a process killed while writing step 20 leaves behind.
+  partial = directory / '20.orbax-checkpoint-tmp-1700000000' / 'default'
+  partial.mkdir(parents=True)
+  (partial / 'manifest.ocdbt').write_bytes(b'\x00partial')
+  assert checkpoint.latest_train_step(str(directory)) == 10
+  with pytest.raises(FileNotFoundError, match='step 20 .* has steps \\[10\\]'):
+    checkpoint.restore_train_state(str(directory), 20, _train_state(0))
