@@ -10,29 +10,39 @@ Anchors are NumPy constants computed at trace time from the static padded image 
 so one compilation serves every batch of that shape.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from maskrcnn_jax.model import fpn as fpn_lib
+from maskrcnn_jax.model import losses as losses_lib
 from maskrcnn_jax.model import postprocess
 from maskrcnn_jax.model import resnet
 from maskrcnn_jax.model import roi_heads
+from maskrcnn_jax.model import targets
 from maskrcnn_jax.model import rpn as rpn_lib
 from maskrcnn_jax.ops import anchors as anchor_ops
+from maskrcnn_jax.ops import masks as mask_ops
 
 _RPN_LEVELS = (2, 3, 4, 5, 6)
 _ROI_LEVELS = (2, 3, 4, 5)
+
+
+def _merge_images(*trees):
+  """[B, X, ...] leaves -> [B * X, ...]: the losses see one batch-wide set of samples."""
+  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), trees)
 
 
 class MaskRCNN(nn.Module):
   """Mask R-CNN; `config` is the `model` section of the config (frozen on construction).
 
   `__call__` is inference (DESIGN.md "Model outputs"); `propose` exposes the FPN features
-  and RPN outputs.
+  and RPN outputs; `losses` is the training objective.
   """
   config: Any
 
@@ -68,6 +78,14 @@ class MaskRCNN(nn.Module):
         num_convs=c.mask_head.num_convs, pooled_size=c.mask_head.pooled_size,
         class_agnostic=c.class_agnostic_mask, **roi)
 
+  def _anchors(self, height: int, width: int) -> list:
+    """Per level P2..P6 [H_l * W_l * A, 4] NumPy anchors for a padded image size."""
+    a = self.config.anchors
+    return anchor_ops.fpn_anchors(
+        height, width, min_level=_RPN_LEVELS[0], max_level=_RPN_LEVELS[-1],
+        sizes=tuple(a.sizes), aspect_ratios=tuple(a.aspect_ratios), round_base=a.round_base,
+        stride_from_image=a.stride_from_image)
+
   def propose(self, images: jax.Array, image_info: jax.Array,
               train: bool = False) -> dict[str, Any]:
     """FPN features, RPN outputs and proposals.
@@ -87,11 +105,7 @@ class MaskRCNN(nn.Module):
     c = self.config
     features = self.fpn(self.backbone(images))
     objectness, deltas = self.rpn([features[f'p{l}'] for l in _RPN_LEVELS])
-    anchors = anchor_ops.fpn_anchors(
-        images.shape[1], images.shape[2], min_level=_RPN_LEVELS[0],
-        max_level=_RPN_LEVELS[-1], sizes=tuple(c.anchors.sizes),
-        aspect_ratios=tuple(c.anchors.aspect_ratios), round_base=c.anchors.round_base,
-        stride_from_image=c.anchors.stride_from_image)
+    anchors = self._anchors(images.shape[1], images.shape[2])
     proposals, proposal_valid, proposal_scores = rpn_lib.select_proposals(
         objectness, deltas, anchors, image_info,
         pre_nms_topk=c.rpn.pre_nms_topk_train if train else c.rpn.pre_nms_topk_test,
@@ -132,3 +146,66 @@ class MaskRCNN(nn.Module):
     mask_logits = self.mask_head(roi_features, detections['boxes'])
     detections['masks'] = postprocess.select_mask_probs(mask_logits, detections['classes'])
     return detections
+
+  def losses(self, batch: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
+    """The multi-task training loss L = L_rpn_cls + L_rpn_box + L_cls + L_box + L_mask.
+
+    Args:
+      batch: DESIGN.md's batch (images, image_info, gt_boxes, gt_classes, gt_masks,
+        gt_is_crowd); padded instances have class 0.
+      key: randomness for the anchor and RoI samplers.
+
+    Returns:
+      scalar float32 losses `rpn_cls`, `rpn_box`, `cls`, `box`, `mask`, `total`, and
+      `fg_fraction` (foreground share of the sampled RoIs). Each loss is normalized over
+      the samples of the whole batch, as torchvision and Detectron2 do.
+    """
+    c = self.config
+    images = batch['images']
+    num_images = images.shape[0]
+    gt_boxes, gt_classes = batch['gt_boxes'], batch['gt_classes']
+    gt_valid, gt_is_crowd = gt_classes > 0, batch['gt_is_crowd']
+    rpn_key, roi_key = jax.random.split(key)
+
+    rpn_out = self.propose(images, batch['image_info'], train=True)
+    anchors = jnp.asarray(np.concatenate(self._anchors(images.shape[1], images.shape[2])))
+    rpn_targets = jax.vmap(functools.partial(
+        targets.rpn_targets, anchors, fg_iou=c.rpn.fg_iou_threshold,
+        bg_iou=c.rpn.bg_iou_threshold, batch_size=c.rpn.batch_size_per_image,
+        positive_fraction=c.rpn.positive_fraction, weights=tuple(c.rpn.box_coder_weights)))(
+            gt_boxes, gt_valid, gt_is_crowd, jax.random.split(rpn_key, num_images))
+    rpn_cls, rpn_box = losses_lib.rpn_losses(
+        *_merge_images(jnp.concatenate(rpn_out['objectness'], axis=1),
+                       jnp.concatenate(rpn_out['rpn_deltas'], axis=1), rpn_targets),
+        box_loss=c.rpn.box_loss, beta=c.rpn.smooth_l1_beta)
+
+    roi_targets = jax.vmap(functools.partial(
+        targets.roi_targets, fg_iou=c.roi_heads.fg_iou_threshold,
+        batch_size=c.roi_heads.batch_size_per_image,
+        positive_fraction=c.roi_heads.positive_fraction,
+        weights=tuple(c.roi_heads.box_coder_weights)))(
+            rpn_out['proposals'], rpn_out['proposal_valid'], gt_boxes, gt_classes, gt_valid,
+            gt_is_crowd, jax.random.split(roi_key, num_images))
+    roi_features = [rpn_out['features'][f'p{l}'] for l in _ROI_LEVELS]
+    class_logits, box_deltas = self.box_head(roi_features, roi_targets['rois'])
+    cls, box = losses_lib.box_head_losses(
+        *_merge_images(class_logits, box_deltas, roi_targets),
+        box_loss=c.roi_heads.box_loss, beta=c.roi_heads.smooth_l1_beta)
+
+    # Sampled foreground RoIs come first, at most batch_size * positive_fraction of them,
+    # so the mask head only runs on that static prefix.
+    num_fg = int(c.roi_heads.batch_size_per_image * c.roi_heads.positive_fraction)
+    fg = jax.tree.map(lambda x: x[:, :num_fg], roi_targets)
+    mask_logits = self.mask_head(roi_features, fg['rois'])
+    mask_targets = jax.vmap(functools.partial(
+        mask_ops.mask_targets, output_size=c.mask_head.resolution))(
+            batch['gt_masks'], gt_boxes, fg['rois'], fg['matched_gt'])
+    mask = losses_lib.mask_loss(
+        *_merge_images(mask_logits, mask_targets, fg['labels'], fg['is_foreground']),
+        mode=c.mask_loss, class_agnostic=c.class_agnostic_mask)
+
+    terms = {'rpn_cls': rpn_cls, 'rpn_box': rpn_box, 'cls': cls, 'box': box, 'mask': mask}
+    terms['total'] = sum(terms.values())
+    sampled = jnp.maximum(jnp.sum(roi_targets['roi_valid']), 1)
+    terms['fg_fraction'] = jnp.sum(roi_targets['is_foreground']) / sampled
+    return terms
