@@ -144,7 +144,8 @@ class MaskRCNN(nn.Module):
         nms_threshold=c.roi_heads.nms_threshold,
         detections_per_image=c.roi_heads.detections_per_image)
     mask_logits = self.mask_head(roi_features, detections['boxes'])
-    detections['masks'] = postprocess.select_mask_probs(mask_logits, detections['classes'])
+    detections['masks'] = postprocess.select_mask_probs(mask_logits, detections['classes'],
+                                                        mode=c.mask_loss)
     return detections
 
   def losses(self, batch: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:

@@ -1,7 +1,8 @@
 """Inference post-processing: box head outputs -> fixed-size detections, mask probabilities.
 
 `detect_boxes` is torchvision's `RoIHeads.postprocess_detections` with static shapes;
-`select_mask_probs` is its `maskrcnn_inference` (the predicted class's mask, sigmoid).
+`select_mask_probs` is its `maskrcnn_inference` (the predicted class's mask, sigmoid), or
+the per-pixel softmax of the `mask_loss=softmax` ablation.
 """
 
 from typing import Sequence
@@ -93,17 +94,25 @@ def detect_boxes(
   return jax.vmap(per_image)(class_logits, box_deltas, proposals, proposal_valid, image_info)
 
 
-def select_mask_probs(mask_logits: jax.Array, classes: jax.Array) -> jax.Array:
-  """Sigmoid of each detection's own class channel (or of the only channel).
+def select_mask_probs(mask_logits: jax.Array, classes: jax.Array,
+                      mode: str = 'sigmoid') -> jax.Array:
+  """Each detection's mask probabilities in its own class channel (or the only channel).
 
   Args:
     mask_logits: [B, D, M, M, C] float32, C = K + 1 or 1 (class-agnostic).
     classes: [B, D] int32 in 0..K.
+    mode: how the masks were trained (config `mask_loss`): 'sigmoid' per channel, or
+      'softmax' over the K + 1 channels of each pixel.
 
   Returns:
     [B, D, M, M] float32 probabilities.
   """
   if mask_logits.shape[-1] == 1:
     return jax.nn.sigmoid(mask_logits[..., 0])
-  logits = jnp.take_along_axis(mask_logits, classes[:, :, None, None, None], axis=-1)
-  return jax.nn.sigmoid(logits[..., 0])
+  if mode == 'softmax':
+    probs = jax.nn.softmax(mask_logits, axis=-1)
+  elif mode == 'sigmoid':
+    probs = jax.nn.sigmoid(mask_logits)
+  else:
+    raise ValueError(f"mask mode must be 'sigmoid' or 'softmax', got {mode!r}")
+  return jnp.take_along_axis(probs, classes[:, :, None, None, None], axis=-1)[..., 0]

@@ -94,3 +94,15 @@ def test_select_mask_probs_takes_the_class_channel():
                                  rtol=1e-6)
   agnostic = np.asarray(postprocess.select_mask_probs(logits[..., :1], classes))
   np.testing.assert_allclose(agnostic, 1 / (1 + np.exp(-logits[..., 0])), rtol=1e-6)
+
+
+def test_select_mask_probs_softmax_normalizes_over_the_classes_of_each_pixel():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(1, 2, 3, 3, 4)).astype(np.float32)
+  classes = np.array([[3, 1]], np.int32)
+  probs = np.asarray(postprocess.select_mask_probs(logits, classes, mode='softmax'))
+  for d in range(2):
+    exp = np.exp(logits[0, d].astype(np.float64))
+    np.testing.assert_allclose(probs[0, d], exp[..., classes[0, d]] / exp.sum(-1), rtol=1e-5)
+  with pytest.raises(ValueError, match="'sigmoid' or 'softmax'"):
+    postprocess.select_mask_probs(logits, classes, mode='softmaxx')
