@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from maskrcnn_jax.ops import masks as mask_ops
+
 
 def resize_shape(height: int, width: int, mode: str, min_size: int,
                  max_size: int) -> tuple[int, int, float]:
@@ -43,22 +45,6 @@ def resize_shape(height: int, width: int, mode: str, min_size: int,
   return math.floor(height * scale), math.floor(width * scale), scale
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Taps of torch's bilinear `align_corners=False` kernel along one axis (float32).
-
-  Returns:
-    index0, index1: [out_size] int64 source indices.
-    lambda1: [out_size] float32 weight of index1 (index0 gets 1 - lambda1).
-  """
-  scale = np.float32(in_size) / np.float32(out_size)
-  src = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
-  src = np.maximum(src, np.float32(0))
-  index0 = np.minimum(src.astype(np.int64), in_size - 1)
-  lambda1 = np.clip(src - index0.astype(np.float32), np.float32(0), np.float32(1))
-  index1 = np.where(index0 < in_size - 1, index0 + 1, index0)
-  return index0, index1, lambda1
-
-
 def resize_image(image: np.ndarray, new_height: int, new_width: int) -> np.ndarray:
   """Bilinear resize, exactly `F.interpolate(mode='bilinear', align_corners=False)`.
 
@@ -75,12 +61,13 @@ def resize_image(image: np.ndarray, new_height: int, new_width: int) -> np.ndarr
   """
   image = np.asarray(image, dtype=np.float32)
   height, width = image.shape[:2]
-  cols0, cols1, col_w = _linear_taps(width, new_width)
-  col_w = col_w[None, :, None]
-  rows = (np.float32(1) - col_w) * image[:, cols0] + col_w * image[:, cols1]  # [H, nw, C]
-  rows0, rows1, row_w = _linear_taps(height, new_height)
-  row_w = row_w[:, None, None]
-  return (np.float32(1) - row_w) * rows[rows0] + row_w * rows[rows1]
+  cols0, cols1, col_w0, col_w1 = mask_ops.torch_bilinear_taps(
+      width, np.arange(new_width), new_width)
+  rows = (col_w0[None, :, None] * image[:, cols0]
+          + col_w1[None, :, None] * image[:, cols1])  # [H, nw, C]
+  rows0, rows1, row_w0, row_w1 = mask_ops.torch_bilinear_taps(
+      height, np.arange(new_height), new_height)
+  return row_w0[:, None, None] * rows[rows0] + row_w1[:, None, None] * rows[rows1]
 
 
 def normalize_image(image: np.ndarray, mean_rgb: Sequence[float],

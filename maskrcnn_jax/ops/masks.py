@@ -188,10 +188,11 @@ def _paste_bilinear(mask_probs: np.ndarray, box: np.ndarray, height: int, width:
   return out
 
 
-def _torch_linear_taps(in_size: int, out_indices: np.ndarray,
+def torch_bilinear_taps(in_size: int, out_indices: np.ndarray,
                        out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Taps of `F.interpolate(mode='bilinear', align_corners=False)` along one axis.
 
+  Host side (NumPy); also what data.transforms.resize_image resizes images with.
   float32 arithmetic in the order of PyTorch's CPU kernel (`compute_source_index_and_lambda`).
 
   Args:
@@ -237,8 +238,8 @@ def _paste_torchvision(mask_probs: np.ndarray, box: np.ndarray, height: int, wid
   row0, row1 = max(by0, 0), min(by1 + 1, height)
   if row1 <= row0 or col1 <= col0:
     return out
-  r0, r1, wr0, wr1 = _torch_linear_taps(size + 2, np.arange(row0, row1) - by0, box_h)
-  c0, c1, wc0, wc1 = _torch_linear_taps(size + 2, np.arange(col0, col1) - bx0, box_w)
+  r0, r1, wr0, wr1 = torch_bilinear_taps(size + 2, np.arange(row0, row1) - by0, box_h)
+  c0, c1, wc0, wc1 = torch_bilinear_taps(size + 2, np.arange(col0, col1) - bx0, box_w)
   top = padded[r0[:, None], c0] * wc0 + padded[r0[:, None], c1] * wc1
   bottom = padded[r1[:, None], c0] * wc0 + padded[r1[:, None], c1] * wc1
   values = top * wr0[:, None] + bottom * wr1[:, None]
