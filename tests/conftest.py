@@ -1,7 +1,10 @@
 """Shared test fixtures: paths to shipped and shared data."""
 
 import importlib.util
+import os
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import pytest
@@ -26,3 +29,16 @@ def load_config(name: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def run_on_eight_cpu_devices(script: str, timeout: int) -> None:
+  """Runs `script` in a fresh Python with 8 simulated CPU devices; it must print 'ok'.
+
+  A fresh process because jax fixes its device count when it first initialises.
+  """
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith('ok')

@@ -1,14 +1,11 @@
 """Mesh and shardings on 8 simulated CPU devices, and the cluster detection."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from maskrcnn_jax import parallel
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_on_eight_cpu_devices
 
 # Runs in a fresh process: the device count is fixed when jax first initialises.
 _EIGHT_DEVICES = textwrap.dedent('''
@@ -49,12 +46,7 @@ _EIGHT_DEVICES = textwrap.dedent('''
 
 
 def test_sharded_step_matches_the_single_device_computation():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-c', _EIGHT_DEVICES], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.strip().endswith('ok')
+  run_on_eight_cpu_devices(_EIGHT_DEVICES, timeout=300)
 
 
 @pytest.mark.parametrize('environ, expected', [

@@ -1,8 +1,5 @@
 """The train step: every loss term falls, one compilation, 8 devices equal one."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -14,6 +11,7 @@ from maskrcnn_jax import train
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
 from tests.conftest import REPO_ROOT
+from tests.conftest import run_on_eight_cpu_devices
 
 LOSS_TERMS = ('rpn_cls', 'rpn_box', 'cls', 'box', 'mask')
 
@@ -102,9 +100,4 @@ _EIGHT_DEVICES = textwrap.dedent('''
 
 def test_eight_devices_give_the_same_losses_and_update_as_one(tmp_path):
   script = _EIGHT_DEVICES.format(repo=str(REPO_ROOT), root=str(tmp_path / 'shapes'))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.strip().endswith('ok')
+  run_on_eight_cpu_devices(script, timeout=900)
