@@ -78,12 +78,7 @@ def detect_boxes(
                                scores.shape)
     boxes, scores, valid, classes = (
         boxes.reshape(-1, 4), scores.reshape(-1), valid.reshape(-1), classes.reshape(-1))
-    if scores.shape[0] < detections_per_image:  # fewer candidates than D
-      pad = detections_per_image - scores.shape[0]
-      boxes = jnp.pad(boxes, ((0, pad), (0, 0)))
-      scores, valid, classes = (jnp.pad(a, (0, pad)) for a in (scores, valid, classes))
-    _, top = jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), detections_per_image)
-    valid = valid[top]
+    top, valid = nms_ops.top_k_valid(scores, valid, detections_per_image)
     return {
         'boxes': jnp.where(valid[:, None], boxes[top], 0.0),
         'scores': jnp.where(valid, scores[top], 0.0),

@@ -124,14 +124,7 @@ def select_proposals(
       all_valid.append(keep_valid)
     boxes = jnp.concatenate(all_boxes)
     scores = jnp.concatenate(all_scores)
-    valid = jnp.concatenate(all_valid)
-    if boxes.shape[0] < post_nms_topk:  # tiny images: fewer candidates than P
-      pad = post_nms_topk - boxes.shape[0]
-      boxes = jnp.pad(boxes, ((0, pad), (0, 0)))
-      scores = jnp.pad(scores, (0, pad))
-      valid = jnp.pad(valid, (0, pad))
-    _, top = jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), post_nms_topk)
-    valid = valid[top]
+    top, valid = nms_ops.top_k_valid(scores, jnp.concatenate(all_valid), post_nms_topk)
     return (jnp.where(valid[:, None], boxes[top], 0.0), valid,
             jnp.where(valid, scores[top], 0.0))
 

@@ -117,3 +117,23 @@ def batched_nms(boxes, scores, classes, iou_threshold, max_output, valid=None):
     valid: [max_output] bool.
   """
   return _nms(boxes, scores, iou_threshold, max_output, valid, classes)
+
+
+def top_k_valid(scores, valid, k: int):
+  """The k best valid entries, as a fixed-size selection.
+
+  Args:
+    scores: [N] float32.
+    valid: [N] bool; invalid entries are never selected.
+    k: number of outputs (may exceed N).
+
+  Returns:
+    indices: [k] int32 into the N entries, by score descending; 0 where invalid.
+    valid: [k] bool.
+  """
+  if scores.shape[0] < k:  # fewer candidates than outputs: pad with invalid entries
+    pad = k - scores.shape[0]
+    scores, valid = jnp.pad(scores, (0, pad)), jnp.pad(valid, (0, pad))
+  _, top = jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), k)
+  keep = valid[top]
+  return jnp.where(keep, top, 0).astype(jnp.int32), keep

@@ -113,3 +113,18 @@ def test_matches_torchvision(case):
         data[f'{case}_keep'], num_boxes)
   check(*batched_nms(boxes, scores, classes, iou_threshold=threshold, max_output=num_boxes),
         data[f'{case}_batched_keep'], num_boxes)
+
+
+@pytest.mark.parametrize('num, k', [(10, 4), (5, 8), (6, 6)])
+def test_top_k_valid_selects_the_best_valid_scores(num, k):
+  rng = np.random.default_rng(num + k)
+  scores = rng.permutation(num).astype(np.float32)  # distinct: one right answer
+  valid = rng.random(num) < 0.6
+  indices, keep = jax.jit(nms_ops.top_k_valid, static_argnames='k')(scores, valid, k=k)
+  expected = sorted(np.flatnonzero(valid), key=lambda i: -scores[i])[:k]
+  assert keep.sum() == len(expected)
+  np.testing.assert_array_equal(np.asarray(indices)[:len(expected)], expected)
+  np.testing.assert_array_equal(np.asarray(indices)[len(expected):], 0)
+  assert np.all(np.asarray(keep)[:len(expected)]) and not np.any(np.asarray(keep)[len(expected):])
+  none, none_keep = nms_ops.top_k_valid(scores, np.zeros(num, bool), k)
+  assert not np.any(none_keep) and np.all(np.asarray(none) == 0)
