@@ -1,5 +1,8 @@
 """Box and mask heads: shapes, parameter names and torchvision's layer math in NumPy."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,3 +95,17 @@ def test_unknown_roi_op_is_an_error():
   features, boxes = _features_and_boxes()
   with pytest.raises(ValueError, match='roi_op'):
     roi_heads.pool_rois(features, boxes, 7, 'crop', 2, True, 8)
+
+
+def test_upsample2x_equals_flax_conv_transpose_and_its_gradient():
+  x = jax.random.normal(jax.random.key(0), (3, 5, 4, 6))
+  ours = roi_heads.Upsample2x(7)
+  flax_layer = nn.ConvTranspose(7, (2, 2), strides=(2, 2), padding='VALID')
+  variables = ours.init(jax.random.key(1), x)
+  assert jax.tree.map(np.shape, variables) == jax.tree.map(
+      np.shape, flax_layer.init(jax.random.key(1), x))
+  np.testing.assert_allclose(ours.apply(variables, x), flax_layer.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+  loss = lambda layer: lambda v: jnp.sum(jnp.sin(layer.apply(v, x)))
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5),
+               jax.grad(loss(ours))(variables), jax.grad(loss(flax_layer))(variables))
