@@ -62,3 +62,32 @@ def restore_train_state(directory: str, step: int, like: Any) -> Any:
       raise FileNotFoundError(f'no training checkpoint for step {step} in {directory} '
                               f'(it has steps {list(manager.all_steps())})')
     return manager.restore(step, args=ocp.args.StandardRestore(like))
+
+
+def load_variables(path: str) -> dict[str, Any]:
+  """{'params', 'batch_stats'} as NumPy arrays from any checkpoint this package writes.
+
+  `path` is a `save_variables` directory, a training checkpoint directory (its newest
+  step is read) or one step directory of it. Only the variables are read, never the
+  optimizer state, and every array comes back on the host whatever mesh saved it.
+  """
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'no checkpoint directory at {path}')
+  item = os.path.join(path, 'default')  # CheckpointManager's item inside a step directory
+  if not os.path.isdir(item):
+    step = latest_train_step(path)
+    item = path if step is None else os.path.join(path, str(step), 'default')
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(item).item_metadata
+  if metadata is None:
+    raise FileNotFoundError(f'{path} holds no variables or training checkpoint')
+  tree = metadata.tree
+  if not isinstance(tree, dict) or 'params' not in tree:
+    raise ValueError(f'checkpoint {item} has no params (top-level keys: '
+                     f'{sorted(tree) if isinstance(tree, dict) else type(tree).__name__})')
+  wanted = {key: tree[key] for key in ('params', 'batch_stats') if key in tree}
+  restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+      item=wanted, partial_restore=True,
+      restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)))
+  return {'params': restored['params'], 'batch_stats': restored.get('batch_stats', {})}

@@ -66,3 +66,53 @@ def test_an_interrupted_save_is_never_taken_for_a_checkpoint(tmp_path):
   assert checkpoint.latest_train_step(str(directory)) == 10
   with pytest.raises(FileNotFoundError, match='step 20 .* has steps \\[10\\]'):
     checkpoint.restore_train_state(str(directory), 20, _train_state(0))
+
+
+def _model_train_state(step):
+  """A train.TrainState of tiny arrays with a real optax momentum state."""
+  import optax  # pylint: disable=import-outside-toplevel
+  from maskrcnn_jax import train  # pylint: disable=import-outside-toplevel
+  variables = jax.tree.map(lambda x: x + step, _variables())
+  return train.TrainState(
+      step=jax.numpy.asarray(step, jax.numpy.int32), params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      opt_state=optax.sgd(0.1, momentum=0.9).init(variables['params']))
+
+
+def test_load_variables_reads_every_kind_of_checkpoint(tmp_path):
+  checkpoint.save_variables(str(tmp_path / 'converted'), _variables())
+  for step in (10, 20):
+    checkpoint.save_train_state(str(tmp_path / 'run'), step, _model_train_state(step), keep=3)
+  for path, expected in ((tmp_path / 'converted', _variables()),
+                         (tmp_path / 'run', _model_train_state(20)),  # the newest step
+                         (tmp_path / 'run' / '10', _model_train_state(10))):
+    loaded = checkpoint.load_variables(str(path))
+    assert set(loaded) == {'params', 'batch_stats'}  # no optimizer state
+    for key in loaded:
+      jax.tree.map(np.testing.assert_array_equal, loaded[key],
+                   expected[key] if isinstance(expected, dict) else getattr(expected, key))
+      assert all(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(loaded[key]))
+
+
+def test_load_variables_names_a_path_without_a_checkpoint(tmp_path):
+  with pytest.raises(FileNotFoundError, match='nowhere'):
+    checkpoint.load_variables(str(tmp_path / 'nowhere'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(FileNotFoundError, match='empty'):
+    checkpoint.load_variables(str(tmp_path / 'empty'))
+
+
+def test_load_variables_reads_a_state_saved_on_another_device_count(tmp_path):
+  """Trained on 8 devices, evaluated on this process's devices (orbax's default restore
+  refuses the topology change)."""
+  from tests.conftest import run_on_eight_cpu_devices  # pylint: disable=import-outside-toplevel
+  run_on_eight_cpu_devices(
+      'import numpy as np\n'
+      'from maskrcnn_jax import checkpoint, parallel\n'
+      'state = {"step": np.int32(7), "params": {"w": np.arange(6.0).reshape(2, 3)},\n'
+      '         "batch_stats": {}, "opt_state": {"m": np.zeros((2, 3))}}\n'
+      'state = parallel.replicate(state, parallel.data_mesh())\n'
+      f'checkpoint.save_train_state({str(tmp_path / "run")!r}, 7, state, keep=1)\n'
+      'print("ok")\n', timeout=120)
+  loaded = checkpoint.load_variables(str(tmp_path / 'run'))
+  np.testing.assert_array_equal(loaded['params']['w'], np.arange(6.0).reshape(2, 3))

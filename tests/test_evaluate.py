@@ -1,0 +1,258 @@
+"""COCO evaluation against pycocotools run directly, and the Evaluator end to end."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+import pytest
+
+from maskrcnn_jax import checkpoint
+from maskrcnn_jax import evaluate
+from maskrcnn_jax import parallel
+from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import shapes
+from maskrcnn_jax.model import mask_rcnn
+from maskrcnn_jax.predictor import Predictor
+from tests.conftest import REPO_ROOT
+from tests.test_train import tiny_config
+
+
+def _shapes_split(root, num_images=12, size=64, seed=0):
+  annotations, images = shapes.write_split(str(root), 'val', num_images, size, seed=seed)
+  return coco.load_coco(annotations, images, filter_empty=False)
+
+
+def _gt_as_results(dataset):
+  """Every non-crowd instance of the records as a score-1 detection (boxes, RLE masks)."""
+  bbox_results, segm_results = [], []
+  for record in dataset.records:
+    masks = coco.decode_masks(record)
+    for i in np.flatnonzero(~record.is_crowd):
+      common = {'image_id': record.image_id, 'score': 1.0,
+                'category_id': dataset.category_ids[record.classes[i] - 1]}
+      x1, y1, x2, y2 = record.boxes[i].tolist()
+      bbox_results.append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
+      segm_results.append(dict(common, segmentation=evaluate.encode_mask(masks[i] > 0)))
+  return bbox_results, segm_results
+
+
+def _names(dataset):
+  return dict(zip(dataset.category_ids, dataset.class_names))
+
+
+def _assert_perfect(metrics):
+  for iou_type in evaluate.IOU_TYPES:
+    assert metrics[iou_type]['AP'] == pytest.approx(1.0), iou_type
+    assert metrics[iou_type]['AP75'] == pytest.approx(1.0), iou_type
+    for name, ap in metrics[iou_type]['per_category'].items():
+      assert ap == -1.0 or ap == pytest.approx(1.0), (iou_type, name, ap)
+
+
+def test_ground_truth_as_predictions_scores_one_on_shapes(tmp_path):
+  dataset = _shapes_split(tmp_path)
+  assert any(r.is_crowd.any() for r in dataset.records)  # crowd regions are present
+  bbox_results, segm_results = _gt_as_results(dataset)
+  from_file = evaluate.ground_truth(dataset)
+  _assert_perfect(evaluate.coco_metrics(from_file, bbox_results, segm_results,
+                                        _names(dataset)))
+  # The TFDS path: the same split rebuilt from its records.
+  no_file = dataclasses.replace(dataset, annotation_file=str(tmp_path / 'tfds val'))
+  from_records = evaluate.ground_truth(no_file)
+  assert len(from_records.anns) == len(from_file.anns)
+  _assert_perfect(evaluate.coco_metrics(from_records, bbox_results, segm_results,
+                                        _names(dataset)))
+
+
+def test_ground_truth_as_predictions_scores_one_on_real_coco(coco_tiny):
+  dataset = coco.load_coco(coco_tiny / 'annotations' / 'instances_val2017.json',
+                           coco_tiny / 'val2017', filter_empty=False)
+  assert sum(int(r.is_crowd.sum()) for r in dataset.records) == 5
+  bbox_results, segm_results = _gt_as_results(dataset)
+  _assert_perfect(evaluate.coco_metrics(evaluate.ground_truth(dataset), bbox_results,
+                                        segm_results, _names(dataset)))
+
+
+def _known_detections(dataset):
+  """Hits (shifted boxes and masks), misses, a duplicate and a wrong class, scored."""
+  rng = np.random.default_rng(0)
+  bbox_results, segm_results = [], []
+  for record in dataset.records:
+    masks = coco.decode_masks(record)
+    for i in np.flatnonzero(~record.is_crowd):
+      category = dataset.category_ids[record.classes[i] - 1]
+      x1, y1, x2, y2 = record.boxes[i].tolist()
+      shift = int(rng.integers(0, 4))
+      kinds = [('hit', category, shift)]
+      if i % 3 == 0:
+        kinds.append(('duplicate', category, shift + 1))
+      if i % 4 == 1:
+        wrong = dataset.category_ids[record.classes[i] % dataset.num_classes]
+        kinds.append(('wrong class', wrong, 0))
+      for _, category_id, dx in kinds:
+        common = {'image_id': record.image_id, 'category_id': category_id,
+                  'score': float(rng.uniform(0.05, 1.0))}
+        bbox_results.append(dict(common, bbox=[x1 + dx, y1, x2 - x1, y2 - y1]))
+        segm_results.append(dict(common, segmentation=evaluate.encode_mask(
+            np.roll(masks[i] > 0, dx, axis=1))))
+    # A miss: a box and mask in the top-left corner.
+    common = {'image_id': record.image_id, 'category_id': dataset.category_ids[0],
+              'score': float(rng.uniform(0.05, 1.0))}
+    miss = np.zeros((record.height, record.width), bool)
+    miss[:6, :6] = True
+    bbox_results.append(dict(common, bbox=[0.0, 0.0, 6.0, 6.0]))
+    segm_results.append(dict(common, segmentation=evaluate.encode_mask(miss)))
+  return bbox_results, segm_results
+
+
+def _pycocotools_stats(coco_gt, results, iou_type, category_ids=None):
+  evaluator = COCOeval(coco_gt, coco_gt.loadRes(json.loads(json.dumps(results))), iou_type)
+  if category_ids is not None:
+    evaluator.params.catIds = category_ids
+  evaluator.evaluate()
+  evaluator.accumulate()
+  evaluator.summarize()
+  return evaluator.stats
+
+
+def test_known_detections_give_pycocotools_numbers(tmp_path):
+  dataset = _shapes_split(tmp_path)
+  bbox_results, segm_results = _known_detections(dataset)
+  coco_gt = COCO(dataset.annotation_file)
+  metrics = evaluate.coco_metrics(evaluate.ground_truth(dataset), bbox_results, segm_results,
+                                  _names(dataset))
+  for iou_type, results in (('bbox', bbox_results), ('segm', segm_results)):
+    stats = _pycocotools_stats(coco_gt, results, iou_type)
+    np.testing.assert_allclose([metrics[iou_type][n] for n in evaluate.STAT_NAMES], stats,
+                               rtol=0, atol=1e-12)
+    assert 0.1 < metrics[iou_type]['AP'] < 0.9, metrics[iou_type]['AP']
+    for category_id, name in _names(dataset).items():
+      expected = _pycocotools_stats(coco_gt, results, iou_type, [category_id])[0]
+      assert metrics[iou_type]['per_category'][name] == pytest.approx(expected, abs=1e-12)
+  # The ground truth rebuilt from the records (TFDS path) gives the same numbers.
+  no_file = dataclasses.replace(dataset, annotation_file=str(tmp_path / 'tfds val'))
+  assert evaluate.coco_metrics(evaluate.ground_truth(no_file), bbox_results, segm_results,
+                               _names(dataset)) == metrics
+
+
+def test_no_detections_give_zeros(tmp_path):
+  dataset = _shapes_split(tmp_path, num_images=4)
+  metrics = evaluate.coco_metrics(evaluate.ground_truth(dataset), [], [], _names(dataset))
+  for iou_type in evaluate.IOU_TYPES:
+    assert metrics[iou_type]['AP'] == 0.0 and metrics[iou_type]['AR100'] == 0.0
+  flat = evaluate.flat_metrics(metrics)
+  assert set(flat) == {f'{t}/{n}' for t in evaluate.IOU_TYPES for n in evaluate.STAT_NAMES}
+
+
+def test_model_classes_map_to_category_ids(tmp_path):
+  dataset = dataclasses.replace(_shapes_split(tmp_path, num_images=1), category_ids=(1, 3, 7, 9))
+  assert evaluate._category_id_of_class(4, dataset) == (1, 3, 7, 9)  # contiguous classes
+  # torchvision's COCO models: a class for every id, the label is the id.
+  assert evaluate._category_id_of_class(10, dataset) == tuple(range(1, 11))
+  with pytest.raises(ValueError, match='num_classes = 5 .* 4 categories'):
+    evaluate._category_id_of_class(5, dataset)
+
+
+def _eval_config(root):
+  """The tiny model on a 5-image val split of 96x96 images (resized to 64x64)."""
+  config = tiny_config(str(root))
+  config.data.val_annotations, config.data.val_images = shapes.write_split(
+      str(root), 'val', 5, 96, seed=1)
+  config.eval.batch_size = 2
+  config.eval.mask_threshold = 0.45  # random weights give mask probabilities near 0.46
+  return config
+
+
+def _random_variables(config):
+  """Random variables of the model's shapes: kernels N(0, 1 / fan_in), identity norms.
+
+  From `jax.eval_shape`, because a real `init` compiles (or runs eagerly) the whole model,
+  which takes longer on CPU than the evaluation under test.
+  """
+  height, width = config.data.image_size
+  shapes_tree = jax.eval_shape(
+      mask_rcnn.MaskRCNN(config.model).init, jax.random.key(0),
+      np.zeros((1, height, width, 3), np.float32),
+      np.array([[height, width, 1.0, 0.0]], np.float32))
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path[-1:])
+    if 'kernel' in name:
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return rng.normal(0, fan_in ** -0.5, leaf.shape).astype(np.float32)
+    if 'scale' in name or 'var' in name:
+      return np.ones(leaf.shape, np.float32)
+    return np.zeros(leaf.shape, np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes_tree)
+
+
+def test_evaluator_matches_a_per_image_predictor_loop(tmp_path):
+  config = _eval_config(tmp_path / 'data')
+  variables = _random_variables(config)
+  dataset = pipeline.load_split(config.data, 'val')
+  evaluator = evaluate.Evaluator(config, dataset, parallel.data_mesh())
+  workdir = tmp_path / 'eval'
+  metrics = evaluator(variables, workdir=str(workdir), progress=False)
+  assert evaluator.forward._cache_size() == 1  # pylint: disable=protected-access
+  assert metrics['images'] == 5 and metrics['images_per_second'] > 0
+  assert json.loads((workdir / 'metrics.json').read_text())['bbox'] == metrics['bbox']
+  bbox_results = json.loads((workdir / 'results_bbox.json').read_text())
+  segm_results = json.loads((workdir / 'results_segm.json').read_text())
+  assert {r['image_id'] for r in bbox_results} == {1, 2, 3, 4, 5}  # padding dropped
+  assert len(segm_results) == len(bbox_results) > 0
+
+  predictor = Predictor(config, variables, dataset.category_ids)
+  for record in dataset.records:
+    expected = predictor(coco.read_image(record))
+    boxes = [r for r in bbox_results if r['image_id'] == record.image_id]
+    segms = [r for r in segm_results if r['image_id'] == record.image_id]
+    assert len(boxes) == len(expected['boxes'])
+    xywh = np.array([r['bbox'] for r in boxes])
+    np.testing.assert_allclose(xywh[:, :2], expected['boxes'][:, :2], atol=1e-3)
+    np.testing.assert_allclose(xywh[:, :2] + xywh[:, 2:], expected['boxes'][:, 2:], atol=1e-3)
+    assert xywh[:, :2].max() > 64  # original 96x96 pixels, not the 64x64 resized frame
+    np.testing.assert_allclose([r['score'] for r in boxes], expected['scores'], atol=1e-4)
+    np.testing.assert_array_equal([r['category_id'] for r in boxes], expected['classes'])
+    masks = np.stack([mask_util.decode(r['segmentation']) for r in segms]).astype(bool)
+    assert masks.shape == expected['masks'].shape and masks.sum() > 1000
+    assert np.mean(masks != expected['masks']) < 1e-3
+
+
+def _config_file(tmp_path):
+  """A configs/*.py-style file for the scripts: the tiny config on a val split."""
+  path = tmp_path / 'tiny_eval.py'
+  path.write_text(
+      'import sys\n'
+      f'sys.path.insert(0, {str(REPO_ROOT)!r})\n'
+      'from tests.test_evaluate import _eval_config\n'
+      f'def get_config():\n  return _eval_config({str(tmp_path / "data")!r})\n')
+  return path
+
+
+def test_script_evaluates_a_checkpoint_and_names_a_missing_one(tmp_path):
+  config_file = _config_file(tmp_path)
+  config = _eval_config(tmp_path / 'data')
+  checkpoint.save_variables(str(tmp_path / 'ckpt'), _random_variables(config))
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  command = [sys.executable, 'scripts/evaluate.py', f'--config={config_file}',
+             '--config.eval.batch_size=4', f'--workdir={tmp_path / "eval"}']
+  result = subprocess.run(command + [f'--checkpoint={tmp_path / "ckpt"}'], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+  assert metrics['images'] == 5
+  assert set(metrics['segm']['per_category']) == {c['name'] for c in shapes.CATEGORIES}
+  missing = tmp_path / 'no_such_checkpoint'
+  result = subprocess.run(command + [f'--checkpoint={missing}'], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert str(missing) in result.stderr
