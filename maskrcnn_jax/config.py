@@ -5,7 +5,9 @@ the returned ConfigDict is locked, so a misspelled or unknown key is an error ra
 than a silently ignored setting.
 """
 
+import importlib.util
 import math
+import os
 
 import ml_collections
 
@@ -28,6 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
   m.backbone.group_norm_groups = 32
   m.backbone.freeze_at = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ... 5: all
   m.backbone.stride_in_1x1 = False  # False: torchvision (v1.5); True: original MSRA
+  m.backbone.base_width = 64  # stem / res2 channels; 64 in every ImageNet ResNet
 
   m.fpn = ml_collections.ConfigDict()
   m.fpn.channels = 256
@@ -140,3 +143,23 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.lock()
   return c
+
+
+def load_config_file(path: str | os.PathLike, arg: str | None = None
+                     ) -> ml_collections.ConfigDict:
+  """`get_config(arg)` (or `get_config()` when `arg` is None) of the config file `path`.
+
+  Lets one config file start from another (configs/ablations/* from a base config), as
+  `--config=path:arg` on the command line does through ml_collections' config_flags.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file not found: {path}')
+  name = 'config_' + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  get_config = getattr(module, 'get_config', None)
+  if not callable(get_config):
+    raise AttributeError(f'config file {path} defines no get_config()')
+  return get_config() if arg is None else get_config(arg)

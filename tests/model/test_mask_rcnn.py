@@ -5,30 +5,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskrcnn_jax import config as config_lib
 from maskrcnn_jax.model import mask_rcnn
+from tests.conftest import load_config
 
 IMAGE_SIZE = 64
-NUM_CLASSES = 3
 DETECTIONS = 10
 IMAGE_INFO = np.array([[64, 64, 1.0, 0], [40, 52, 0.5, 0]], np.float32)
 
 
 def _tiny_config(**overrides):
-  """The `model` section shrunk to a ResNet-18 with small heads and top-k."""
-  m = config_lib.default_config().model
-  m.num_classes = NUM_CLASSES
-  m.backbone.depth = 18
-  m.fpn.channels = 16
+  """configs/tiny.py's `model` section, with small inference top-k."""
+  m = load_config('tiny').model
   m.rpn.pre_nms_topk_test = 50
   m.rpn.post_nms_topk_test = 20
-  m.box_head.fc_dim = 32
-  m.mask_head.conv_dim = 8
-  m.mask_head.num_convs = 2
   m.roi_heads.detections_per_image = DETECTIONS
   for key, value in overrides.items():
     m[key] = value
   return m
+
+
+NUM_CLASSES = _tiny_config().num_classes
 
 
 def _images(seed):
