@@ -31,19 +31,21 @@ def cluster_process_count(environ: Mapping[str, str] = os.environ) -> int:
 
 
 def initialize_distributed(coordinator_address: str = '', num_processes: int = 0,
-                           process_id: int = -1) -> int:
+                           process_id: int = -1, auto: bool = False) -> int:
   """Starts jax.distributed when flags or the environment ask for several processes.
 
-  Explicit flags (all three) take precedence; otherwise a detected SLURM, Open MPI or
-  TPU pod launch initialises with JAX's own cluster detection. A single process does
-  nothing. Returns jax.process_count().
+  Explicit flags (all three) take precedence; otherwise `auto`, or a SLURM, Open MPI or
+  GKE TPU launch seen in the environment, initialises with JAX's own cluster detection
+  (`auto` is for Cloud TPU VM pod slices, whose host list JAX reads from the metadata
+  server rather than the environment). A single process does nothing. Returns
+  jax.process_count().
   """
   if coordinator_address:
     if num_processes < 1 or process_id < 0:
       raise ValueError('a coordinator address needs num_processes >= 1 and process_id >= 0, '
                        f'got {num_processes} and {process_id}')
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  elif cluster_process_count() > 1:
+  elif auto or cluster_process_count() > 1:
     jax.distributed.initialize()
   return jax.process_count()
 

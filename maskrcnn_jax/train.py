@@ -1,6 +1,8 @@
-"""Training: the train state and one jitted train step sharded over the data mesh."""
+"""Training: the train state, one jitted train step sharded over the data mesh, the loop."""
 
 import functools
+import logging
+import os
 from typing import Any
 
 import flax
@@ -10,8 +12,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from maskrcnn_jax import checkpoint
+from maskrcnn_jax import evaluate
 from maskrcnn_jax import optimizer as optimizer_lib
 from maskrcnn_jax import parallel
+from maskrcnn_jax import train_log
+from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.model import mask_rcnn
 
 
@@ -29,8 +35,8 @@ def create_train_state(config: ml_collections.ConfigDict, key: jax.Array
   """The model, its optimizer and a freshly initialised state for `config`."""
   model = mask_rcnn.MaskRCNN(config.model)
   height, width = config.data.image_size
-  variables = model.init(key, np.zeros((1, height, width, 3), np.float32),
-                         np.array([[height, width, 1.0, 0.0]], np.float32))
+  variables = jax.jit(model.init)(key, np.zeros((1, height, width, 3), np.float32),
+                                  np.array([[height, width, 1.0, 0.0]], np.float32))
   optimizer = optimizer_lib.make_optimizer(config.train, variables['params'],
                                            config.model.backbone.freeze_at)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
@@ -71,3 +77,133 @@ def jit_train_step(model: mask_rcnn.MaskRCNN, optimizer: optax.GradientTransform
                         optimizer_lib.learning_rate_schedule(train)),
       in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
       out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def init_from_checkpoint(variables: dict[str, Any], loaded: dict[str, Any], source: str
+                         ) -> dict[str, Any]:
+  """`variables` with every array that `loaded` holds replaced by the loaded one.
+
+  `loaded` is a subtree of the model's variables: a converted ImageNet backbone
+  ({'params': {'backbone': ...}, 'batch_stats': {'backbone': ...}}) or a whole converted
+  model. An array the model does not have is an error naming it; one of another shape
+  (a classifier for another number of classes) is skipped with a warning, as Detectron2
+  does.
+  """
+  flat = flax.traverse_util.flatten_dict(variables, sep='/')
+  loaded_flat = flax.traverse_util.flatten_dict(loaded, sep='/')
+  unknown = sorted(k for k in loaded_flat if k not in flat)
+  if unknown:
+    raise KeyError(f'{source}: arrays the model does not have: {unknown[:10]}'
+                   f'{" ..." if len(unknown) > 10 else ""}')
+  for name, value in loaded_flat.items():
+    if np.shape(value) != np.shape(flat[name]):
+      logging.warning('%s: skipping %s, shape %s != the model\'s %s', source, name,
+                      np.shape(value), np.shape(flat[name]))
+      continue
+    flat[name] = jnp.asarray(value, flat[name].dtype)
+  logging.info('%s: initialised %d of %d arrays', source,
+               sum(np.shape(v) == np.shape(flat[k]) for k, v in loaded_flat.items()), len(flat))
+  return flax.traverse_util.unflatten_dict(flat, sep='/')
+
+
+def _check_finite(history: list[dict[str, np.ndarray]], first_step: int,
+                  checkpoint_dir: str) -> None:
+  """Raises FloatingPointError when a loss or gradient norm of `history` is NaN or Inf.
+
+  Checked before every save: a finite loss and gradient norm at a step mean finite
+  parameters after it, so no saved checkpoint holds NaN.
+  """
+  for offset, values in enumerate(history):
+    bad = sorted(k for k in ('total', 'rpn_cls', 'rpn_box', 'cls', 'box', 'mask', 'grad_norm')
+                 if not np.isfinite(values[k]))
+    if bad:
+      last = checkpoint.latest_train_step(checkpoint_dir)
+      raise FloatingPointError(
+          f'step {first_step + offset + 1}: {", ".join(bad)} became NaN or Inf '
+          f'(total loss {values["total"]}); stopping. The last good checkpoint is '
+          f'{"step " + str(last) if last is not None else "none"} in {checkpoint_dir}; '
+          'lower train.base_lr or raise train.warmup_steps and resume.')
+
+
+def _mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns final metrics.
+
+  Writes `<workdir>/checkpoints/<step>` every `train.checkpoint_every` steps and at the
+  end (the newest `train.keep_checkpoints` kept), TensorBoard scalars in
+  `<workdir>/tensorboard`, and evaluates on the val split every `train.eval_every` steps
+  and at the end into `<workdir>/eval`. A resumed run continues exactly where the
+  checkpoint left off: the state holds the step, which fixes the samplers' key
+  (`train_step`) and the data position (`Batches(start_step=...)`).
+
+  Returns:
+    {'step': the last step, 'train': mean metrics of the last logged steps,
+     'eval': evaluate.Evaluator metrics of the final model (None without a val split)}.
+  """
+  t = config.train
+  mesh = parallel.data_mesh()
+  is_main = jax.process_index() == 0
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  init_key, step_key = jax.random.split(jax.random.key(t.seed))
+  model, optimizer, state = create_train_state(config, init_key)
+  last_step = checkpoint.latest_train_step(checkpoint_dir)
+  if last_step is not None:
+    state = checkpoint.restore_train_state(checkpoint_dir, last_step,
+                                           parallel.replicate(state, mesh))
+    logging.info('resuming from %s/%d', checkpoint_dir, last_step)
+  else:
+    if t.init_checkpoint:
+      loaded = checkpoint.load_variables(t.init_checkpoint)
+      variables = init_from_checkpoint(
+          {'params': state.params, 'batch_stats': state.batch_stats}, loaded,
+          t.init_checkpoint)
+      state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'],
+                            opt_state=optimizer.init(variables['params']))
+    state = parallel.replicate(state, mesh)
+  start_step = int(state.step)
+  step_fn = jit_train_step(model, optimizer, t, mesh)
+
+  evaluator = None
+  if config.data.val_annotations or config.data.dataset == 'tfds':
+    evaluator = evaluate.Evaluator(config, pipeline.load_split(config.data, 'val'), mesh,
+                                   model=model)
+  log = train_log.TrainLog(workdir, start_step, t.num_steps, t.batch_size, enabled=is_main)
+
+  def run_eval(step):
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    metrics = evaluator(variables, workdir=os.path.join(workdir, 'eval'), progress=is_main)
+    log.eval_metrics(step, evaluate.flat_metrics(metrics))
+    return metrics
+
+  train_set = pipeline.load_split(config.data, 'train')
+  pending, logged, eval_metrics = [], [], None
+  with log, pipeline.Batches(train_set, config.data, t.batch_size, train=True, seed=t.seed,
+                        start_step=start_step, process_index=jax.process_index(),
+                        process_count=jax.process_count()) as batches:
+    for step in range(start_step + 1, t.num_steps + 1):  # `step` = steps done after this one
+      state, metrics = step_fn(state, parallel.host_batch_to_global(next(batches), mesh),
+                               step_key)
+      if pending:  # the host runs one step ahead of the devices, no further
+        jax.block_until_ready(pending[-1]['total'])
+        log.advance()
+      pending.append(metrics)
+      save = step % t.checkpoint_every == 0 or step == t.num_steps
+      if step % t.log_every == 0 or save or step == t.num_steps:
+        history = jax.device_get(pending)
+        log.advance()
+        _check_finite(history, step - len(history), checkpoint_dir)
+        logged = history
+        log.train_metrics(step, _mean_metrics(history))
+        pending = []
+      if save:
+        checkpoint.save_train_state(checkpoint_dir, step, state, t.keep_checkpoints)
+      if evaluator is not None and t.eval_every and step % t.eval_every == 0 \
+          and step != t.num_steps:
+        run_eval(step)
+    if evaluator is not None:
+      eval_metrics = run_eval(int(state.step))
+  return {'step': int(state.step), 'train': _mean_metrics(logged) if logged else {},
+          'eval': eval_metrics}

@@ -24,7 +24,9 @@ def main():
   if args.kind == 'maskrcnn':
     variables = convert.from_torchvision(state_dict)
   else:
-    variables = convert.from_torchvision_resnet(state_dict)
+    # Under 'backbone', as in the full model, so training can start from it.
+    variables = {collection: {'backbone': tree}
+                 for collection, tree in convert.from_torchvision_resnet(state_dict).items()}
   checkpoint.save_variables(args.destination, variables)
   print(f'wrote {args.destination}')
 

@@ -1,13 +1,20 @@
-"""Shared test fixtures: paths to shipped and shared data."""
+"""Shared test fixtures: paths to shipped and shared data, and one XLA compilation cache."""
 
 import importlib.util
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
-import ml_collections
-import pytest
+# Many tests compile the same tiny model (in this process and in subprocesses, which
+# inherit the environment): a session-wide persistent cache compiles each program once.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      tempfile.mkdtemp(prefix='maskrcnn_jax_xla_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
+
+import ml_collections  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT / 'tests' / 'fixtures'

@@ -1,46 +1,38 @@
-"""The train step: every loss term falls, one compilation, 8 devices equal one."""
+"""Training: every loss term falls, one compilation, 8 devices equal one, and the loop
+(resume, divergence, initialisation, the script)."""
 
+import collections
+import glob
+import json
+import os
+import struct
+import subprocess
+import sys
 import textwrap
 
 import jax
 import numpy as np
+import pytest
+from tensorboardX.proto import event_pb2
 
-from maskrcnn_jax import config as config_lib
+from maskrcnn_jax import checkpoint
+from maskrcnn_jax import evaluate
 from maskrcnn_jax import parallel
 from maskrcnn_jax import train
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
 from tests.conftest import REPO_ROOT
+from tests.conftest import load_config
 from tests.conftest import run_on_eight_cpu_devices
 
 LOSS_TERMS = ('rpn_cls', 'rpn_box', 'cls', 'box', 'mask')
 
 
 def tiny_config(data_root: str):
-  """ResNet-18 with narrow heads on 64x64 shapes images, for CPU tests."""
-  c = config_lib.default_config()
-  m = c.model
-  m.num_classes = 4
-  m.backbone.depth = 18
-  m.backbone.freeze_at = 0
-  m.fpn.channels = 16
-  m.anchors.sizes = (8, 16, 32, 64, 128)
-  m.rpn.pre_nms_topk_train = 64
-  m.rpn.post_nms_topk_train = 32
-  m.rpn.batch_size_per_image = 32
-  m.roi_heads.batch_size_per_image = 16
-  m.box_head.fc_dim = 32
-  m.mask_head.conv_dim = 8
-  m.mask_head.num_convs = 1
-  d = c.data
-  d.dataset = 'shapes'
-  d.train_annotations, d.train_images = shapes.write_split(data_root, 'train', 8, 64, seed=0)
-  d.resize_mode, d.min_size, d.max_size, d.image_size = 'square', 64, 64, (64, 64)
-  d.max_instances = 8
-  d.mask_size = 28
-  d.random_flip = False
-  t = c.train
-  t.base_lr, t.warmup_steps, t.lr_steps = 0.02, 0, ()
+  """configs/tiny.py with an 8-image shapes train split written under `data_root`."""
+  c = load_config('tiny')
+  c.data.train_annotations, c.data.train_images = shapes.write_split(data_root, 'train', 8,
+                                                                     64, seed=0)
   return c
 
 
@@ -101,3 +93,100 @@ _EIGHT_DEVICES = textwrap.dedent('''
 def test_eight_devices_give_the_same_losses_and_update_as_one(tmp_path):
   script = _EIGHT_DEVICES.format(repo=str(REPO_ROOT), root=str(tmp_path / 'shapes'))
   run_on_eight_cpu_devices(script, timeout=900)
+
+
+def _loop_config(root, num_steps):
+  """The tiny config with a val split, checkpoints every 2 steps and an eval at the end."""
+  config = tiny_config(str(root / 'shapes'))
+  d, t = config.data, config.train
+  d.val_annotations, d.val_images = shapes.write_split(str(root / 'shapes'), 'val', 3, 64,
+                                                       seed=1)
+  config.eval.batch_size = 2
+  t.batch_size, t.num_steps, t.checkpoint_every, t.log_every = 2, num_steps, 2, 1
+  t.keep_checkpoints = 2
+  return config
+
+
+def _params(workdir, step):
+  return checkpoint.load_variables(str(workdir / 'checkpoints' / str(step)))['params']
+
+
+def _tensorboard_scalars(logdir):
+  """tag -> [(step, value)] from the event files (TFRecord framing of Event protos)."""
+  scalars = collections.defaultdict(list)
+  for path in sorted(glob.glob(str(logdir / 'events.out.tfevents.*'))):
+    with open(path, 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4  # length, its crc, the record, its crc
+      for value in event.summary.value:
+        scalars[value.tag].append((event.step, value.simple_value))
+  return scalars
+
+
+def test_interrupted_run_resumes_exactly_and_its_checkpoint_evaluates_the_same(tmp_path):
+  config = _loop_config(tmp_path, 4)
+  config.train.eval_every = 2
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  # The same run stopped after 2 steps (as if killed after its checkpoint), then resumed.
+  train.train_and_evaluate(_loop_config(tmp_path, 2), str(tmp_path / 'resumed'))
+  resumed = train.train_and_evaluate(_loop_config(tmp_path, 4), str(tmp_path / 'resumed'))
+  assert straight['step'] == resumed['step'] == 4
+  jax.tree.map(np.testing.assert_array_equal, _params(tmp_path / 'straight', 4),
+               _params(tmp_path / 'resumed', 4))
+  assert straight['train'] == resumed['train']  # the losses of step 4: same data, same key
+  # keep_checkpoints = 2 of the saves at steps 2 and 4.
+  assert sorted(os.listdir(tmp_path / 'straight' / 'checkpoints')) == ['2', '4']
+  # TensorBoard: every loss term and the learning rate each step, eval at steps 2 and 4.
+  scalars = _tensorboard_scalars(tmp_path / 'straight' / 'tensorboard')
+  for term in LOSS_TERMS + ('total', 'learning_rate', 'images_per_second'):
+    assert [step for step, _ in scalars[f'train/{term}']] == [1, 2, 3, 4], term
+  assert [step for step, _ in scalars['eval/segm/AP']] == [2, 4]
+  assert scalars['eval/segm/AP'][-1][1] == pytest.approx(straight['eval']['segm']['AP'])
+  # The final checkpoint evaluated on its own gives the training-time numbers.
+  config = _loop_config(tmp_path, 4)
+  evaluator = evaluate.Evaluator(config, pipeline.load_split(config.data, 'val'),
+                                 parallel.data_mesh())
+  again = evaluator(checkpoint.load_variables(str(tmp_path / 'straight' / 'checkpoints')))
+  for iou_type in ('bbox', 'segm'):
+    assert again[iou_type] == straight['eval'][iou_type], iou_type
+  with open(tmp_path / 'straight' / 'eval' / 'metrics.json') as f:
+    assert json.load(f)['segm']['AP'] == again['segm']['AP']
+
+
+def test_a_diverging_run_stops_and_keeps_only_finite_checkpoints(tmp_path):
+  config = _loop_config(tmp_path, 6)
+  config.data.val_annotations = ''
+  config.train.base_lr, config.train.checkpoint_every = 1e6, 1
+  with pytest.raises(FloatingPointError, match='NaN or Inf.*last good checkpoint'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  for step in os.listdir(tmp_path / 'run' / 'checkpoints'):
+    for leaf in jax.tree.leaves(_params(tmp_path / 'run', step)):
+      assert np.all(np.isfinite(leaf)), step
+
+
+def test_init_from_checkpoint_loads_a_backbone_and_skips_other_shapes():
+  zeros = lambda *shape: np.zeros(shape, np.float32)
+  variables = {'params': {'backbone': {'w': zeros(3)}, 'box_head': {'k': zeros(2, 5)}},
+               'batch_stats': {'backbone': {'mean': zeros(3)}}}
+  loaded = {'params': {'backbone': {'w': np.arange(3.0)}, 'box_head': {'k': np.ones((2, 91))}},
+            'batch_stats': {'backbone': {'mean': np.full(3, 2.0)}}}
+  merged = train.init_from_checkpoint(variables, loaded, 'ckpt')
+  np.testing.assert_array_equal(merged['params']['backbone']['w'], [0, 1, 2])
+  np.testing.assert_array_equal(merged['batch_stats']['backbone']['mean'], [2, 2, 2])
+  np.testing.assert_array_equal(merged['params']['box_head']['k'], np.zeros((2, 5)))
+  with pytest.raises(KeyError, match=r'ckpt: .*params/fpn/w'):
+    train.init_from_checkpoint(variables, {'params': {'fpn': {'w': np.zeros(3)}}}, 'ckpt')
+
+
+def test_train_script_rejects_unknown_keys_and_needs_a_workdir(tmp_path):
+  script = [sys.executable, str(REPO_ROOT / 'scripts' / 'train.py'),
+            f'--config={REPO_ROOT / "configs" / "shapes_demo.py"}']
+  result = subprocess.run(script + [f'--workdir={tmp_path}', '--config.train.num_stepz=3'],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and 'num_stepz' in result.stderr
+  result = subprocess.run(script, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and 'workdir' in result.stderr

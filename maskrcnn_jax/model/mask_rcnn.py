@@ -64,7 +64,7 @@ class MaskRCNN(nn.Module):
     self.backbone = resnet.ResNet(
         depth=b.depth, norm=b.norm, frozen_bn_eps=b.frozen_bn_eps,
         group_norm_groups=b.group_norm_groups, freeze_at=b.freeze_at,
-        stride_in_1x1=b.stride_in_1x1, dtype=dtype)
+        stride_in_1x1=b.stride_in_1x1, base_width=b.base_width, dtype=dtype)
     self.fpn = fpn_lib.FPN(channels=c.fpn.channels, dtype=dtype)
     self.rpn = rpn_lib.RPNHead(num_anchors=len(c.anchors.aspect_ratios), dtype=dtype)
     roi = dict(roi_op=c.roi_op, sampling_ratio=c.roi_align.sampling_ratio,

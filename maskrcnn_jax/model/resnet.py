@@ -166,14 +166,16 @@ class Stem(nn.Module):
   Attributes:
     conv: nn.Conv constructor.
     norm: normalization constructor.
+    channels: output channels (64 in every ImageNet ResNet).
   """
   conv: Callable[..., nn.Module]
   norm: Callable[..., nn.Module]
+  channels: int = 64
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    """images: [B, H, W, 3] -> [B, ceil(H / 4), ceil(W / 4), 64]."""
-    x = self.conv(64, (7, 7), (2, 2), padding=_pad(7), name='conv1')(images)
+    """images: [B, H, W, 3] -> [B, ceil(H / 4), ceil(W / 4), channels]."""
+    x = self.conv(self.channels, (7, 7), (2, 2), padding=_pad(7), name='conv1')(images)
     x = nn.relu(self.norm(name='bn1')(x))
     # Flax pads reduce_window with the init value -inf, as torch's max_pool2d.
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
@@ -190,6 +192,9 @@ class ResNet(nn.Module):
     freeze_at: 0 trains everything; k >= 1 stops gradients after the k-th of (stem,
       res2, res3, res4, res5), so 2 (Detectron2's default) freezes stem and res2.
     stride_in_1x1: bottleneck stride on the first 1x1 conv instead of the 3x3 conv.
+    base_width: channels of the stem and of res2's 3x3 convs, doubling per stage; 64
+      for every ImageNet ResNet (Detectron2's STEM_OUT_CHANNELS); smaller for cheap
+      models trained from scratch.
     dtype: compute dtype ('float32' | 'bfloat16' or a jnp dtype); params stay float32.
   """
   depth: int = 50
@@ -198,6 +203,7 @@ class ResNet(nn.Module):
   group_norm_groups: int = 32
   freeze_at: int = 2
   stride_in_1x1: bool = False
+  base_width: int = 64
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -207,7 +213,7 @@ class ResNet(nn.Module):
 
     Returns:
       {'c2'..'c5'}: [B, ceil(H / 2**l), ceil(W / 2**l), C_l] in the compute dtype for
-      level l, C_l = 64 * 2**(l-2), times 4 for depth 50/101.
+      level l, C_l = base_width * 2**(l-2), times 4 for depth 50/101.
     """
     if self.depth not in STAGE_BLOCKS:
       raise ValueError(f'depth must be one of {sorted(STAGE_BLOCKS)}; got {self.depth}')
@@ -223,12 +229,12 @@ class ResNet(nn.Module):
       raise ValueError(f"norm must be 'frozen_bn' or 'group_norm'; got {self.norm!r}")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=_CONV_INIT)
 
-    x = Stem(conv, norm, name='stem')(images)
+    x = Stem(conv, norm, self.base_width, name='stem')(images)
     if self.freeze_at >= 1:
       x = jax.lax.stop_gradient(x)
     outputs = {}
     for i, (stage, num_blocks) in enumerate(zip(STAGES, STAGE_BLOCKS[self.depth])):
-      x = ResStage(num_blocks, width=64 * 2**i, stride=1 if i == 0 else 2,
+      x = ResStage(num_blocks, width=self.base_width * 2**i, stride=1 if i == 0 else 2,
                    bottleneck=self.depth >= 50, stride_in_1x1=self.stride_in_1x1,
                    conv=conv, norm=norm, name=f'res{stage}')(x)
       if self.freeze_at >= stage:

@@ -1,0 +1,105 @@
+"""What a training run reports: a progress bar, log lines and TensorBoard scalars.
+
+Only process 0 writes; the others keep quiet. TensorBoard event files go to
+`<workdir>/tensorboard` (view with `tensorboard --logdir <workdir>/tensorboard`).
+"""
+
+import logging
+import os
+import sys
+import time
+from typing import Mapping
+
+import tensorboardX
+import tqdm
+
+
+class _QuietLibraries(logging.Filter):
+  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Installs `_QuietLibraries` on the root logger's handlers (absl's included)."""
+  for handler in logging.getLogger().handlers + logging.getLogger('absl').handlers:
+    handler.addFilter(_QuietLibraries())
+
+
+def format_seconds(seconds: float) -> str:
+  """'1h02m03s', '4m05s' or '6s'."""
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  if hours:
+    return f'{hours}h{minutes:02d}m{seconds:02d}s'
+  return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
+
+
+class TrainLog:
+  """Progress bar, periodic log lines and TensorBoard scalars of one run."""
+
+  def __init__(self, workdir: str, start_step: int, num_steps: int, batch_size: int,
+               enabled: bool = True):
+    """Args:
+      workdir: the run's directory; events go to <workdir>/tensorboard.
+      start_step: the step the run (re)starts from.
+      num_steps: the last step.
+      batch_size: global images per step, for images/s.
+      enabled: False on processes other than 0.
+    """
+    self._enabled = enabled
+    self._num_steps = num_steps
+    self._batch_size = batch_size
+    self._last_step, self._last_time = start_step, time.perf_counter()
+    self._writer = None
+    self._bar = None
+    if enabled:
+      self._writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._bar = tqdm.tqdm(total=num_steps, initial=start_step, unit='step',
+                            dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+
+  def advance(self, steps: int = 1) -> None:
+    if self._bar is not None:
+      self._bar.update(steps)
+
+  def train_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Logs the mean `metrics` of the steps since the last call, with speed and ETA."""
+    now = time.perf_counter()
+    steps_per_second = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    if not self._enabled:
+      return
+    images_per_second = steps_per_second * self._batch_size
+    eta = (self._num_steps - step) / max(steps_per_second, 1e-9)
+    for name, value in metrics.items():
+      self._writer.add_scalar(f'train/{name}', value, step)
+    self._writer.add_scalar('train/images_per_second', images_per_second, step)
+    self._writer.flush()
+    self._bar.set_postfix(loss=f'{metrics["total"]:.3f}', lr=f'{metrics["learning_rate"]:.2g}',
+                          refresh=False)
+    terms = ' '.join(f'{name} {value:.4g}' for name, value in metrics.items())
+    logging.info('step %d/%d: %s | %.1f images/s | ETA %s', step, self._num_steps, terms,
+                 images_per_second, format_seconds(eta))
+
+  def eval_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Writes evaluation scalars (e.g. 'bbox/AP') under eval/ and logs them."""
+    if not self._enabled:
+      return
+    for name, value in metrics.items():
+      self._writer.add_scalar(f'eval/{name}', value, step)
+    self._writer.flush()
+    logging.info('eval at step %d: %s', step,
+                 ' '.join(f'{name} {value:.4f}' for name, value in metrics.items()))
+
+  def close(self) -> None:
+    if self._enabled:
+      self._bar.close()
+      self._writer.close()
+
+  def __enter__(self) -> 'TrainLog':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
