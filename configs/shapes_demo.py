@@ -2,7 +2,7 @@
 
 A half-width ResNet-18 with GroupNorm (trained from scratch: there are no ImageNet
 weights to start from, and frozen batch norm would be no normalization at all) and a
-64-channel FPN on 128x128 images, with proposal and sample counts scaled down to the
+32-channel FPN on 128x128 images, with proposal and sample counts scaled down to the
 few objects per image and a 2-conv, 32-channel mask head, so that training fits in
 minutes on 2 CPU cores. Paths default to where scripts/demo.py writes the
 dataset; override them with --config.data.train_annotations=... and so on.
@@ -20,7 +20,7 @@ def get_config():
   m.backbone.base_width = 32
   m.backbone.norm = 'group_norm'
   m.backbone.group_norm_groups = 8
-  m.fpn.channels = 64
+  m.fpn.channels = 32
   m.anchors.sizes = (8, 16, 32, 64, 128)
   m.rpn.pre_nms_topk_train = 256
   m.rpn.pre_nms_topk_test = 256
@@ -46,11 +46,12 @@ def get_config():
   d.mask_size = 56
   t = c.train
   t.batch_size = 8
-  t.num_steps = 600
-  t.base_lr = 0.02
+  t.num_steps = 2000
+  t.base_lr = 0.04
+  t.grad_clip_norm = 5.0  # 0.05 without clipping diverged within 20 steps
   t.warmup_steps = 100
-  t.lr_steps = (450, 550)
-  t.checkpoint_every = 200
+  t.lr_steps = (1500, 1850)
+  t.checkpoint_every = 500
   t.keep_checkpoints = 2
   t.log_every = 20
   c.eval.batch_size = 8

@@ -45,12 +45,13 @@ def pool_rois(features: Sequence[jax.Array], boxes: jax.Array, output_size: int,
   Returns:
     [B, R, S, S, C] in the features' dtype.
   """
-  if roi_op == 'align':
-    return roi_ops.multilevel_roi_align(features, boxes, output_size, sampling_ratio, aligned,
-                                        min_level=2)
-  if roi_op == 'pool':
-    return roi_ops.multilevel_roi_pool(features, boxes, output_size, max_bin_cells,
-                                       min_level=2)
+  with jax.named_scope('pool_rois'):  # names the gathers in profiles
+    if roi_op == 'align':
+      return roi_ops.multilevel_roi_align(features, boxes, output_size, sampling_ratio,
+                                          aligned, min_level=2)
+    if roi_op == 'pool':
+      return roi_ops.multilevel_roi_pool(features, boxes, output_size, max_bin_cells,
+                                         min_level=2)
   raise ValueError(f'unknown roi_op {roi_op!r}; expected align or pool')
 
 
