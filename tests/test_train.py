@@ -44,6 +44,7 @@ def _first_batch(config, batch_size):
 
 def test_every_loss_term_falls_and_the_step_compiles_once(tmp_path):
   config = tiny_config(str(tmp_path / 'shapes'))
+  config.model.roi_heads.batch_size_per_image = 64  # more foreground RoIs: less noise
   batch = _first_batch(config, 2)
   mesh = parallel.data_mesh()
   model, optimizer, state = train.create_train_state(config, jax.random.key(0))
@@ -51,14 +52,18 @@ def test_every_loss_term_falls_and_the_step_compiles_once(tmp_path):
   state = parallel.replicate(state, mesh)
   key = jax.random.key(1)
   history = []
-  for _ in range(40):  # the same batch: the losses must fall as the model fits it
+  for _ in range(100):  # the same batch: the losses must fall as the model fits it
     state, metrics = step(state, parallel.host_batch_to_global(batch, mesh), key)
     history.append(jax.device_get(metrics))
   assert step._cache_size() == 1  # pylint: disable=protected-access
-  assert int(state.step) == 40
-  # Means over 10 steps: single steps are noisy with 16 sampled RoIs per image.
-  for term in LOSS_TERMS + ('total',):
-    values = np.array([h[term] for h in history])
+  assert int(state.step) == 100
+  # The box term sums over foreground RoIs but divides by all sampled RoIs (Detectron2's
+  # normalization), so it grows with the foreground share as the RPN improves (here
+  # from about 9% to 20%); the regression error per foreground RoI is what must fall.
+  curves = {term: np.array([h[term] for h in history]) for term in LOSS_TERMS + ('total',)}
+  curves['box'] = curves['box'] / np.array([h['fg_fraction'] for h in history])
+  # Means over 10 steps: single steps are noisy with the sampled RoIs.
+  for term, values in curves.items():
     assert np.all(np.isfinite(values)), term
     assert values[-10:].mean() < 0.9 * values[:10].mean(), (term, values.round(3).tolist())
 
