@@ -191,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log.advance()
       pending.append(metrics)
       save = step % t.checkpoint_every == 0 or step == t.num_steps
-      if step % t.log_every == 0 or save or step == t.num_steps:
+      if step % t.log_every == 0 or save:  # `save` includes the last step
         history = jax.device_get(pending)
         log.advance()
         _check_finite(history, step - len(history), checkpoint_dir)
