@@ -48,7 +48,7 @@ def get_config():
   t.batch_size = 8
   t.num_steps = 2000
   t.base_lr = 0.04
-  t.grad_clip_norm = 5.0  # 0.05 without clipping diverged within 20 steps
+  t.grad_clip_norm = 5.0  # LR 0.05 without clipping diverged by step 30
   t.warmup_steps = 100
   t.lr_steps = (1500, 1850)
   t.checkpoint_every = 500
