@@ -153,21 +153,6 @@ def jax_device_peak_mb() -> float | str:
   return 'n/a' if peak is None else peak / 2**20
 
 
-def compiled_train_state(config: ml_collections.ConfigDict, key: jax.Array):
-  """`train.create_train_state` with the initialisation jitted (eager init is slow on CPU).
-
-  The model and optimizer are built while tracing; neither keeps a traced value.
-  """
-  built = {}
-
-  def init(key):
-    built['model'], built['optimizer'], state = train.create_train_state(config, key)
-    return state
-
-  state = jax.jit(init)(key)
-  return built['model'], built['optimizer'], state
-
-
 def _row(framework: str, measured: str, timing: dict[str, Any], batch: int) -> dict[str, Any]:
   return dict(framework=framework, measured=measured, **timing,
               images_per_second=batch / timing['median_s'])
@@ -182,7 +167,7 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
   rows = []
   if mode == 'train':
     mesh = parallel.data_mesh()
-    model, optimizer, state = compiled_train_state(config, jax.random.key(seed))
+    model, optimizer, state = train.create_train_state(config, jax.random.key(seed))
     step = train.jit_train_step(model, optimizer, config.train, mesh)
     state = parallel.replicate(state, mesh)
     batch = parallel.host_batch_to_global(synthetic_train_batch(config, seed), mesh)
@@ -198,9 +183,7 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
     extra = {}
   else:
     model = mask_rcnn.MaskRCNN(config.model)
-    info = np.array([[height, width, 1.0, 0.0]] * batch_size, np.float32)
-    variables = jax.jit(model.init)(jax.random.key(seed),
-                                    np.zeros((batch_size, height, width, 3), np.float32), info)
+    variables = train.init_variables(model, (height, width), jax.random.key(seed))
     predictor = Predictor(config, variables)
     rng = np.random.default_rng(seed)
     images = [rng.integers(0, 256, (height, width, 3), np.uint8) for _ in range(batch_size)]

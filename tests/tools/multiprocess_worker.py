@@ -106,16 +106,8 @@ def main() -> None:
   config = tiny_config(args.data_root)
   dataset = pipeline.load_split(config.data, 'train')
   mesh = parallel.data_mesh()
-  built = {}
-
-  def init_state(key):
-    built['model'], built['optimizer'], state = train.create_train_state(config, key)
-    return state
-
-  # Compiled: initialising the model op by op takes a minute on a loaded 2-core CPU.
-  init_state = jax.jit(init_state)
-  state = parallel.replicate(init_state(jax.random.key(0)), mesh)
-  model, optimizer = built['model'], built['optimizer']
+  model, optimizer, state = train.create_train_state(config, jax.random.key(0))
+  state = parallel.replicate(state, mesh)
   _log(f'process {jax.process_index()} of {jax.process_count()}: state on '
        f'{jax.device_count()} devices')
   step_fn = train.jit_train_step(model, optimizer, config.train, mesh)
@@ -141,7 +133,8 @@ def main() -> None:
     directory = os.path.join(args.workdir, 'checkpoints')
     checkpoint.save_train_state(directory, args.steps, state, keep=2)
     _log(f'saved step {args.steps} in {directory}')
-    fresh = parallel.replicate(init_state(jax.random.key(7)), mesh)
+    _, _, fresh = train.create_train_state(config, jax.random.key(7))
+    fresh = parallel.replicate(fresh, mesh)
     restored = checkpoint.restore_train_state(directory, args.steps, like=fresh)
     _log('restored')
     same_shardings = jax.tree.leaves(jax.tree.map(
