@@ -7,8 +7,8 @@
 Every measured function runs once (its time is the time to first call: compilation
 included), then `--warmup` untimed times, then `--steps` timed times; the table gives
 the median. Modes:
-  train: `train.jit_train_step` on a synthetic batch (a few random boxes per image, masks
-    filling their boxes) with data.image_size set to the given size.
+  train: `train.jit_train_step` on a synthetic batch (`--instances` random boxes per
+    image, masks filling their boxes) with data.image_size set to the given size.
   infer: `Predictor.predict_batch` on B random uint8 images of the given size (host
     preprocessing, device forward, host mask pasting), and the jitted model forward
     alone on device-resident inputs. Images are not resized (square resize to their own
@@ -24,6 +24,12 @@ size, in a child process of its own (so its memory is its own) using the same nu
 threads: train = forward + backward + SGD step in train mode on the same synthetic
 targets, infer = eval-mode forward including its mask pasting. Needs torch and
 torchvision importable; the package itself never imports torch.
+
+The two train steps do different amounts of mask work. Ours runs the mask head on the
+static foreground sample (batch_size_per_image * positive_fraction = 128 RoIs per image
+in every config) whatever the data; torchvision runs it on the positive proposals it
+found. With random weights those are about the ground-truth boxes themselves, so
+`--instances` sets torchvision's mask work; both counts are reported.
 """
 
 import argparse
@@ -50,7 +56,6 @@ from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.predictor import Predictor
 
-INSTANCES_PER_IMAGE = 3  # synthetic ground-truth objects per training image
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -79,33 +84,32 @@ def load_benchmark_config(path_and_arg: str, mode: str, batch: int, height: int,
   return config
 
 
-def synthetic_instances(seed: int, batch: int, height: int, width: int, num_classes: int
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_instances(seed: int, batch: int, height: int, width: int, num_classes: int,
+                        instances: int) -> tuple[np.ndarray, np.ndarray]:
   """Random ground truth, the same in both frameworks.
 
   Returns:
-    boxes: [batch, INSTANCES_PER_IMAGE, 4] float32, x1y1x2y2 pixels, sides 10-40% of
-      the image's.
-    classes: [batch, INSTANCES_PER_IMAGE] int32 in 1..num_classes.
+    boxes: [batch, instances, 4] float32, x1y1x2y2 pixels, sides 10-40% of the image's.
+    classes: [batch, instances] int32 in 1..num_classes.
   """
   rng = np.random.default_rng(seed)
   size = np.array([width, height], np.float32)
-  sides = rng.uniform(0.1, 0.4, (batch, INSTANCES_PER_IMAGE, 2)) * size
-  corners = rng.uniform(0.0, 1.0, (batch, INSTANCES_PER_IMAGE, 2)) * (size - sides)
+  sides = rng.uniform(0.1, 0.4, (batch, instances, 2)) * size
+  corners = rng.uniform(0.0, 1.0, (batch, instances, 2)) * (size - sides)
   boxes = np.concatenate([corners, corners + sides], -1).astype(np.float32)
-  classes = rng.integers(1, num_classes + 1, (batch, INSTANCES_PER_IMAGE)).astype(np.int32)
+  classes = rng.integers(1, num_classes + 1, (batch, instances)).astype(np.int32)
   return boxes, classes
 
 
-def synthetic_train_batch(config: ml_collections.ConfigDict, seed: int
+def synthetic_train_batch(config: ml_collections.ConfigDict, seed: int, instances: int
                           ) -> dict[str, np.ndarray]:
   """A batch with the batch table's shapes: random images, `synthetic_instances` as GT."""
   batch_size = config.train.batch_size
   height, width = config.data.image_size
   batch = pipeline.empty_batch(batch_size, config.data)
-  n = min(INSTANCES_PER_IMAGE, config.data.max_instances)
+  n = min(instances, config.data.max_instances)
   boxes, classes = synthetic_instances(seed, batch_size, height, width,
-                                       config.model.num_classes)
+                                       config.model.num_classes, n)
   batch['images'][:] = np.random.default_rng(seed).normal(size=batch['images'].shape)
   batch['image_info'][:] = [height, width, 1.0, 0.0]
   batch['gt_boxes'][:, :n] = boxes[:, :n]
@@ -158,8 +162,14 @@ def _row(framework: str, measured: str, timing: dict[str, Any], batch: int) -> d
               images_per_second=batch / timing['median_s'])
 
 
+def static_mask_rois(config: ml_collections.ConfigDict) -> int:
+  """RoIs per image our mask head runs on in training: the foreground sample's static size."""
+  r = config.model.roi_heads
+  return int(r.batch_size_per_image * r.positive_fraction)
+
+
 def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warmup: int,
-                  seed: int) -> dict[str, Any]:
+                  seed: int, instances: int) -> dict[str, Any]:
   """Rows of timings and the memory of this process for maskrcnn-jax."""
   before = host_peak_mb()
   batch_size = config.train.batch_size
@@ -170,7 +180,8 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
     model, optimizer, state = train.create_train_state(config, jax.random.key(seed))
     step = train.jit_train_step(model, optimizer, config.train, mesh)
     state = parallel.replicate(state, mesh)
-    batch = parallel.host_batch_to_global(synthetic_train_batch(config, seed), mesh)
+    batch = parallel.host_batch_to_global(synthetic_train_batch(config, seed, instances),
+                                          mesh)
     key = jax.random.key(seed + 1)
 
     def train_once():
@@ -180,7 +191,7 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
 
     rows.append(_row('maskrcnn-jax', 'train step', time_calls(train_once, steps, warmup),
                      batch_size))
-    extra = {}
+    extra = {'mask_head_rois_per_image': static_mask_rois(config)}
   else:
     model = mask_rcnn.MaskRCNN(config.model)
     variables = train.init_variables(model, (height, width), jax.random.key(seed))
@@ -207,7 +218,8 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
 
 
 def benchmark_torchvision(config_dict: dict[str, Any], mode: str, steps: int, warmup: int,
-                          seed: int, threads: int, use_cuda: bool) -> dict[str, Any]:
+                          seed: int, threads: int, use_cuda: bool, instances: int
+                          ) -> dict[str, Any]:
   """Like `benchmark_jax` for torchvision's Mask R-CNN; run in a process of its own."""
   import torch  # pylint: disable=import-outside-toplevel
   import torchvision  # pylint: disable=import-outside-toplevel
@@ -239,7 +251,8 @@ def benchmark_torchvision(config_dict: dict[str, Any], mode: str, steps: int, wa
   rng = np.random.default_rng(seed)
   extra = {}
   if mode == 'train':
-    boxes, classes = synthetic_instances(seed, batch_size, height, width, m['num_classes'])
+    boxes, classes = synthetic_instances(seed, batch_size, height, width, m['num_classes'],
+                                         min(instances, d['max_instances']))
     images = [torch.from_numpy(rng.uniform(0, 1, (3, height, width)).astype(np.float32)
                                ).to(device) for _ in range(batch_size)]
     targets = []
@@ -255,6 +268,10 @@ def benchmark_torchvision(config_dict: dict[str, Any], mode: str, steps: int, wa
                                 lr=t['base_lr'], momentum=t['momentum'],
                                 weight_decay=t['weight_decay'])
     model.train()
+    # torchvision runs its mask head on each image's positive proposals only: count them.
+    mask_rois = []
+    model.roi_heads.mask_head.register_forward_hook(
+        lambda module, inputs, output: mask_rois.append(inputs[0].shape[0]))
 
     def train_once():
       losses = model(images, targets)
@@ -266,6 +283,7 @@ def benchmark_torchvision(config_dict: dict[str, Any], mode: str, steps: int, wa
 
     rows = [_row('torchvision', 'train step', time_calls(train_once, steps, warmup),
                  batch_size)]
+    extra['mask_head_rois_per_image'] = float(np.mean(mask_rois[-steps:])) / batch_size
   else:
     images = [rng.integers(0, 256, (height, width, 3), np.uint8) for _ in range(batch_size)]
     model.eval()
@@ -331,6 +349,12 @@ def markdown_table(result: dict[str, Any]) -> str:
           f'| {row["median_s"]:.3f} | {row["images_per_second"]:.2f} '
           f'| {part["host_peak_mb"]:.0f} | {part["host_growth_mb"]:.0f} '
           f'| {_format(part["device_peak_mb"], 0)} |')
+  if result['mode'] == 'train':
+    counts = [f'{name} {result[framework]["mask_head_rois_per_image"]:g}'
+              for framework, name in (('jax', 'maskrcnn-jax'), ('torchvision', 'torchvision'))
+              if isinstance(result.get(framework), dict)]
+    lines += ['', f'{result["instances"]} ground-truth instances per image; mask head RoIs '
+                  f'per image: {", ".join(counts)}.']
   if 'torchvision_over_jax' in result:
     lines += ['', f'torchvision median time / maskrcnn-jax median time: '
                   f'{result["torchvision_over_jax"]:.2f} (> 1: maskrcnn-jax is faster)']
@@ -351,6 +375,8 @@ def main():
   parser.add_argument('--compare', choices=('torchvision',), default=None)
   parser.add_argument('--threads', type=int, default=0,
                       help='CPU cores for both frameworks (0: all this process may use)')
+  parser.add_argument('--instances', type=int, default=3,
+                      help='synthetic ground-truth instances per training image')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--output', default='', help='write the results as JSON here')
   parser.add_argument('--markdown', default='', help='append the Markdown table here')
@@ -360,6 +386,11 @@ def main():
   if any(side % 64 for side in args.image_size):
     parser.error(f'--image-size sides must be multiples of 64 (data.image_size); '
                  f'got {args.image_size[0]}x{args.image_size[1]}')
+  height, width = args.image_size
+  config = load_benchmark_config(args.config, args.mode, args.batch, height, width)
+  if not 1 <= args.instances <= config.data.max_instances:
+    parser.error(f'--instances must be 1..{config.data.max_instances} (data.max_instances); '
+                 f'got {args.instances}')
   cores = sorted(os.sched_getaffinity(0))
   if not 0 <= args.threads <= len(cores):
     parser.error(f'--threads must be 0..{len(cores)} (the cores this process may use)')
@@ -369,17 +400,17 @@ def main():
     # thread pool has no per-run size, but it cannot use more cores than it may run on.
     os.sched_setaffinity(0, cores[:args.threads])
   threads = len(os.sched_getaffinity(0))
-  height, width = args.image_size
-  config = load_benchmark_config(args.config, args.mode, args.batch, height, width)
   result = {
       'config': args.config, 'mode': args.mode, 'batch': args.batch,
       'image_size': [height, width], 'steps': args.steps, 'warmup': args.warmup,
+      'instances': args.instances,
       'threads': threads, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
       'machine': f'{cpu_name()}, {os.cpu_count()} CPUs',
       'load_average': ' '.join(f'{v:.2f}' for v in os.getloadavg()),
       'jax_version': jax.__version__,
   }
-  result['jax'] = benchmark_jax(config, args.mode, args.steps, args.warmup, args.seed)
+  result['jax'] = benchmark_jax(config, args.mode, args.steps, args.warmup, args.seed,
+                                args.instances)
   if args.compare == 'torchvision':
     reason = torchvision_missing()
     if reason:
@@ -390,7 +421,7 @@ def main():
       with multiprocessing.get_context('spawn').Pool(1) as pool:
         result['torchvision'] = pool.apply(
             benchmark_torchvision, (config.to_dict(), args.mode, args.steps, args.warmup,
-                                    args.seed, threads, use_cuda))
+                                    args.seed, threads, use_cuda, args.instances))
       result['torchvision_over_jax'] = (result['torchvision']['rows'][0]['median_s']
                                         / result['jax']['rows'][0]['median_s'])
   table = markdown_table(result)

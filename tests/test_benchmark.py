@@ -26,7 +26,7 @@ def test_train_and_infer_report_timings_and_memory(tmp_path):
     processes[mode] = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / 'scripts' / 'benchmark.py'),
          f'--config={REPO_ROOT / "configs" / "tiny.py"}', f'--mode={mode}', '--batch=2',
-         '--image-size=64x64', '--steps=2', '--warmup=0',
+         '--image-size=64x64', '--steps=2', '--warmup=0', '--instances=5',
          f'--output={tmp_path / mode}.json', f'--markdown={markdown}', *compare],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   for mode, process in processes.items():
@@ -35,7 +35,8 @@ def test_train_and_infer_report_timings_and_memory(tmp_path):
     assert '| maskrcnn-jax |' in stdout
 
     result = json.loads((tmp_path / f'{mode}.json').read_text())
-    assert (result['mode'], result['batch'], result['image_size']) == (mode, 2, [64, 64])
+    assert (result['mode'], result['batch'], result['image_size'], result['instances']) == (
+        mode, 2, [64, 64], 5)
     jax_part = result['jax']
     expected_rows = (['train step'] if mode == 'train' else
                      ['Predictor.predict_batch (host paste incl.)', 'jitted model forward'])
@@ -53,13 +54,20 @@ def test_train_and_infer_report_timings_and_memory(tmp_path):
       assert 'needs torch' in result['compare_error'] and 'needs torch' in stderr
     if mode == 'infer':  # score threshold 0: every image keeps detections_per_image
       assert jax_part['detections_per_image'] == 100
+    else:  # tiny: 16 sampled RoIs per image, a quarter of them foreground
+      assert jax_part['mask_head_rois_per_image'] == 4
+      assert '5 ground-truth instances per image; mask head RoIs per image: maskrcnn-jax 4' in stdout
   assert markdown.read_text().count('| maskrcnn-jax |') == 3
 
 
-def test_bad_image_size_is_a_usage_error():
+@pytest.mark.parametrize('flag, message', [
+    ('--image-size=64by64', '64by64'),
+    ('--instances=9', '--instances must be 1..8 (data.max_instances); got 9'),
+])
+def test_bad_flag_is_a_usage_error(flag, message):
   result = subprocess.run(
       [sys.executable, str(REPO_ROOT / 'scripts' / 'benchmark.py'),
-       f'--config={REPO_ROOT / "configs" / "tiny.py"}', '--mode=train', '--image-size=64by64'],
+       f'--config={REPO_ROOT / "configs" / "tiny.py"}', '--mode=train', flag],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
-  assert '64by64' in result.stderr
+  assert message in result.stderr

@@ -52,20 +52,23 @@ def test_every_loss_term_falls_and_the_step_compiles_once(tmp_path):
   state = parallel.replicate(state, mesh)
   key = jax.random.key(1)
   history = []
-  for _ in range(100):  # the same batch: the losses must fall as the model fits it
+  for _ in range(150):  # the same batch: the losses must fall as the model fits it
     state, metrics = step(state, parallel.host_batch_to_global(batch, mesh), key)
     history.append(jax.device_get(metrics))
   assert step._cache_size() == 1  # pylint: disable=protected-access
-  assert int(state.step) == 100
+  assert int(state.step) == 150
   # The box term sums over foreground RoIs but divides by all sampled RoIs (Detectron2's
   # normalization), so it grows with the foreground share as the RPN improves (here
   # from about 9% to 20%); the regression error per foreground RoI is what must fall.
+  # It first rises (steps 30-60) as the new foreground RoIs, farther from their boxes
+  # than the ground truth boxes the first ones mostly are, join; by step 130 it is
+  # about half its start, whereas at step 100 it is still within 10% in some runs.
   curves = {term: np.array([h[term] for h in history]) for term in LOSS_TERMS + ('total',)}
   curves['box'] = curves['box'] / np.array([h['fg_fraction'] for h in history])
-  # Means over 10 steps: single steps are noisy with the sampled RoIs.
+  # Means over 10-20 steps: single steps are noisy with the sampled RoIs.
   for term, values in curves.items():
     assert np.all(np.isfinite(values)), term
-    assert values[-10:].mean() < 0.9 * values[:10].mean(), (term, values.round(3).tolist())
+    assert values[-20:].mean() < 0.9 * values[:10].mean(), (term, values.round(3).tolist())
 
 
 _EIGHT_DEVICES = textwrap.dedent('''
