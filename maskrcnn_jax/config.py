@@ -22,8 +22,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = m = ml_collections.ConfigDict()
   m.num_classes = 80  # K foreground classes; index 0 is background
   m.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
-  # Conv kernel gradients: xla | gemm (ops/conv.py, faster on XLA:CPU) | auto (gemm on CPU)
-  m.conv_weight_grad = 'auto'
 
   m.backbone = ml_collections.ConfigDict()
   m.backbone.depth = 50  # 18 | 34 | 50 | 101

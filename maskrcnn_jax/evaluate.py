@@ -35,6 +35,7 @@ from pycocotools.cocoeval import COCOeval
 import tqdm
 
 from maskrcnn_jax import parallel
+from maskrcnn_jax import xla_options
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import transforms
@@ -246,7 +247,8 @@ class Evaluator:
 
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     self.forward = jax.jit(forward, in_shardings=(replicated, sharded, sharded, sharded),
-                           out_shardings=replicated)
+                           out_shardings=replicated,
+                           compiler_options=xla_options.compiler_options())
 
   def _host_results(self, outputs: dict[str, jax.Array]) -> tuple[list[dict], list[dict]]:
     """Worker task: one global batch of outputs -> COCO results (padding dropped)."""

@@ -6,6 +6,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from maskrcnn_jax import xla_options
 from maskrcnn_jax.data import transforms
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.ops import masks as mask_ops
@@ -38,7 +39,8 @@ class Predictor:
                        f'config.model.num_classes is {config.model.num_classes}')
     self._category_ids = (np.arange(config.model.num_classes + 1) if category_ids is None
                           else np.concatenate([[0], np.asarray(category_ids)]))
-    self._forward = jax.jit(mask_rcnn.MaskRCNN(config.model).apply)
+    self._forward = jax.jit(mask_rcnn.MaskRCNN(config.model).apply,
+                            compiler_options=xla_options.compiler_options())
 
   @property
   def num_compilations(self) -> int:

@@ -17,6 +17,7 @@ from maskrcnn_jax import evaluate
 from maskrcnn_jax import optimizer as optimizer_lib
 from maskrcnn_jax import parallel
 from maskrcnn_jax import train_log
+from maskrcnn_jax import xla_options
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.model import mask_rcnn
 
@@ -37,8 +38,9 @@ def init_variables(model: mask_rcnn.MaskRCNN, image_size: tuple[int, int],
   Compiled: initialising op by op takes a minute for ResNet-50 on a 2-core CPU.
   """
   height, width = image_size
-  return jax.jit(model.init)(key, np.zeros((1, height, width, 3), np.float32),
-                             np.array([[height, width, 1.0, 0.0]], np.float32))
+  init = jax.jit(model.init, compiler_options=xla_options.compiler_options())
+  return init(key, np.zeros((1, height, width, 3), np.float32),
+              np.array([[height, width, 1.0, 0.0]], np.float32))
 
 
 def create_train_state(config: ml_collections.ConfigDict, key: jax.Array
@@ -85,7 +87,8 @@ def jit_train_step(model: mask_rcnn.MaskRCNN, optimizer: optax.GradientTransform
       functools.partial(train_step, model, optimizer,
                         optimizer_lib.learning_rate_schedule(train)),
       in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
-      out_shardings=(replicated, replicated), donate_argnums=0)
+      out_shardings=(replicated, replicated), donate_argnums=0,
+      compiler_options=xla_options.compiler_options())
 
 
 def init_from_checkpoint(variables: dict[str, Any], loaded: dict[str, Any], source: str

@@ -52,6 +52,7 @@ import numpy as np
 from maskrcnn_jax import config as config_lib
 from maskrcnn_jax import parallel
 from maskrcnn_jax import train
+from maskrcnn_jax import xla_options
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.predictor import Predictor
@@ -207,7 +208,7 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
                      time_calls(predict_once, steps, warmup), batch_size))
     extra = {'detections_per_image': float(np.mean([len(d['scores']) for d in detections]))}
     inputs = jax.device_put(predictor.preprocess(images))
-    forward = jax.jit(model.apply)
+    forward = jax.jit(model.apply, compiler_options=xla_options.compiler_options())
     rows.append(_row('maskrcnn-jax', 'jitted model forward',
                      time_calls(lambda: jax.block_until_ready(forward(variables, *inputs)),
                                 steps, warmup), batch_size))

@@ -9,14 +9,11 @@ torchvision state dict keys (`backbone.fpn.` prefix) it converts from (see conve
   output{l}/kernel, bias   <- layer_blocks.{l-2}.0.weight, .bias
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from maskrcnn_jax.ops import conv as conv_ops
 
 LEVELS = (2, 3, 4, 5)
 
@@ -51,11 +48,9 @@ class FPN(nn.Module):
   Attributes:
     channels: output channels of every level (256 in the paper).
     dtype: compute dtype ('float32' | 'bfloat16' or a jnp dtype); params stay float32.
-    conv_weight_grad: how conv kernel gradients are computed, see ops/conv.py.
   """
   channels: int = 256
   dtype: Any = jnp.float32
-  conv_weight_grad: str = 'auto'
 
   @nn.compact
   def __call__(self, features: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -66,16 +61,16 @@ class FPN(nn.Module):
       {'p2'..'p6'}: [B, H_l, W_l, channels] in the compute dtype, H_6 = ceil(H_5 / 2).
     """
     dtype = jnp.dtype(self.dtype)
-    conv = functools.partial(nn.Conv, dtype=dtype, kernel_init=_CONV_INIT,
-                             conv_general_dilated=conv_ops.conv_function(self.conv_weight_grad))
     outputs = {}
     top_down = None
     for level in reversed(LEVELS):
-      x = conv(self.channels, (1, 1), name=f'lateral{level}')(features[f'c{level}'])
+      x = nn.Conv(self.channels, (1, 1), dtype=dtype, kernel_init=_CONV_INIT,
+                  name=f'lateral{level}')(features[f'c{level}'])
       if top_down is not None:
         x = x + upsample_nearest(top_down, x.shape[1], x.shape[2])
       top_down = x
-      outputs[f'p{level}'] = conv(self.channels, (3, 3), padding=((1, 1), (1, 1)),
-                                  name=f'output{level}')(x)
+      outputs[f'p{level}'] = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)),
+                                     dtype=dtype, kernel_init=_CONV_INIT,
+                                     name=f'output{level}')(x)
     outputs['p6'] = outputs['p5'][:, ::2, ::2]
     return {f'p{level}': outputs[f'p{level}'] for level in (*LEVELS, 6)}

@@ -64,12 +64,9 @@ class MaskRCNN(nn.Module):
     self.backbone = resnet.ResNet(
         depth=b.depth, norm=b.norm, frozen_bn_eps=b.frozen_bn_eps,
         group_norm_groups=b.group_norm_groups, freeze_at=b.freeze_at,
-        stride_in_1x1=b.stride_in_1x1, base_width=b.base_width, dtype=dtype,
-        conv_weight_grad=c.conv_weight_grad)
-    self.fpn = fpn_lib.FPN(channels=c.fpn.channels, dtype=dtype,
-                           conv_weight_grad=c.conv_weight_grad)
-    self.rpn = rpn_lib.RPNHead(num_anchors=len(c.anchors.aspect_ratios), dtype=dtype,
-                               conv_weight_grad=c.conv_weight_grad)
+        stride_in_1x1=b.stride_in_1x1, base_width=b.base_width, dtype=dtype)
+    self.fpn = fpn_lib.FPN(channels=c.fpn.channels, dtype=dtype)
+    self.rpn = rpn_lib.RPNHead(num_anchors=len(c.anchors.aspect_ratios), dtype=dtype)
     roi = dict(roi_op=c.roi_op, sampling_ratio=c.roi_align.sampling_ratio,
                aligned=c.roi_align.aligned, max_bin_cells=c.roi_pool.max_bin_cells,
                dtype=dtype)
@@ -79,7 +76,7 @@ class MaskRCNN(nn.Module):
     self.mask_head = roi_heads.MaskHead(
         num_classes=c.num_classes, conv_dim=c.mask_head.conv_dim,
         num_convs=c.mask_head.num_convs, pooled_size=c.mask_head.pooled_size,
-        class_agnostic=c.class_agnostic_mask, conv_weight_grad=c.conv_weight_grad, **roi)
+        class_agnostic=c.class_agnostic_mask, **roi)
 
   def _anchors(self, height: int, width: int) -> list:
     """Per level P2..P6 [H_l * W_l * A, 4] NumPy anchors for a padded image size."""

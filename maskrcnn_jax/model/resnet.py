@@ -22,8 +22,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskrcnn_jax.ops import conv as conv_ops
-
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGES = (2, 3, 4, 5)  # res2..res5 produce C2..C5
 
@@ -198,7 +196,6 @@ class ResNet(nn.Module):
       for every ImageNet ResNet (Detectron2's STEM_OUT_CHANNELS); smaller for cheap
       models trained from scratch.
     dtype: compute dtype ('float32' | 'bfloat16' or a jnp dtype); params stay float32.
-    conv_weight_grad: how conv kernel gradients are computed, see ops/conv.py.
   """
   depth: int = 50
   norm: str = 'frozen_bn'
@@ -208,7 +205,6 @@ class ResNet(nn.Module):
   stride_in_1x1: bool = False
   base_width: int = 64
   dtype: Any = jnp.float32
-  conv_weight_grad: str = 'auto'
 
   @nn.compact
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
@@ -231,8 +227,7 @@ class ResNet(nn.Module):
                                epsilon=1e-5, dtype=dtype)  # torch's GroupNorm eps
     else:
       raise ValueError(f"norm must be 'frozen_bn' or 'group_norm'; got {self.norm!r}")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=_CONV_INIT,
-                             conv_general_dilated=conv_ops.conv_function(self.conv_weight_grad))
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=_CONV_INIT)
 
     x = Stem(conv, norm, self.base_width, name='stem')(images)
     if self.freeze_at >= 1:

@@ -21,14 +21,12 @@ kernels are [out, in, kh, kw] transposed to [kh, kw, in, out].
   axes (kernel = w.transpose(2, 3, 0, 1)[::-1, ::-1]).
 """
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskrcnn_jax.ops import conv as conv_ops
 from maskrcnn_jax.ops import roi_align as roi_ops
 
 
@@ -143,7 +141,6 @@ class MaskHead(nn.Module):
     class_agnostic: one mask channel for all classes.
     roi_op, sampling_ratio, aligned, max_bin_cells: see `pool_rois`.
     dtype: compute dtype; outputs are float32.
-    conv_weight_grad: how conv kernel gradients are computed, see ops/conv.py.
   """
   num_classes: int
   conv_dim: int = 256
@@ -155,7 +152,6 @@ class MaskHead(nn.Module):
   aligned: bool = True
   max_bin_cells: int = 8
   dtype: Any = jnp.float32
-  conv_weight_grad: str = 'auto'
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], boxes: jax.Array) -> jax.Array:
@@ -171,13 +167,12 @@ class MaskHead(nn.Module):
     batch, num_rois = x.shape[:2]
     x = x.reshape(batch * num_rois, *x.shape[2:])
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # as torchvision
-    conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=init,
-                             conv_general_dilated=conv_ops.conv_function(self.conv_weight_grad))
     for i in range(1, self.num_convs + 1):
-      x = nn.relu(conv(self.conv_dim, (3, 3), padding=((1, 1), (1, 1)),
-                       name=f'mask_fcn{i}')(x))
+      x = nn.relu(nn.Conv(self.conv_dim, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                          kernel_init=init, name=f'mask_fcn{i}')(x))
     x = nn.relu(Upsample2x(self.conv_dim, kernel_init=init, dtype=self.dtype,
                            name='conv5_mask')(x))
     num_outputs = 1 if self.class_agnostic else self.num_classes + 1
-    x = conv(num_outputs, (1, 1), name='mask_fcn_logits')(x)
+    x = nn.Conv(num_outputs, (1, 1), dtype=self.dtype, kernel_init=init,
+                name='mask_fcn_logits')(x)
     return x.astype(jnp.float32).reshape(batch, num_rois, *x.shape[1:])

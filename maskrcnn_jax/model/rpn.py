@@ -17,7 +17,6 @@ lines up with `ops.anchors.level_anchors`.
 shapes: per-level top-k, decode, clip, small-box masking, per-level NMS, global top-k.
 """
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -26,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskrcnn_jax.ops import boxes as box_ops
-from maskrcnn_jax.ops import conv as conv_ops
 from maskrcnn_jax.ops import nms as nms_ops
 
 
@@ -36,11 +34,9 @@ class RPNHead(nn.Module):
   Attributes:
     num_anchors: A, anchors per feature-map location.
     dtype: compute dtype; outputs are float32.
-    conv_weight_grad: how conv kernel gradients are computed, see ops/conv.py.
   """
   num_anchors: int
   dtype: Any = jnp.float32
-  conv_weight_grad: str = 'auto'
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
@@ -52,16 +48,17 @@ class RPNHead(nn.Module):
       deltas: per level [B, H_l * W_l * A, 4] float32 box deltas.
     """
     init = nn.initializers.normal(stddev=0.01)  # as torchvision's RPNHead
-    conv = functools.partial(nn.Conv, dtype=self.dtype, kernel_init=init,
-                             conv_general_dilated=conv_ops.conv_function(self.conv_weight_grad))
     channels = features[0].shape[-1]
-    shared = conv(channels, (3, 3), padding=((1, 1), (1, 1)), name='conv')
-    cls_logits = conv(self.num_anchors, (1, 1), name='cls_logits')
-    bbox_pred = conv(self.num_anchors * 4, (1, 1), name='bbox_pred')
+    conv = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                   kernel_init=init, name='conv')
+    cls_logits = nn.Conv(self.num_anchors, (1, 1), dtype=self.dtype, kernel_init=init,
+                         name='cls_logits')
+    bbox_pred = nn.Conv(self.num_anchors * 4, (1, 1), dtype=self.dtype, kernel_init=init,
+                        name='bbox_pred')
     objectness, deltas = [], []
     for x in features:
       batch, height, width, _ = x.shape
-      t = nn.relu(shared(x))
+      t = nn.relu(conv(x))
       objectness.append(
           cls_logits(t).astype(jnp.float32).reshape(batch, height * width * self.num_anchors))
       deltas.append(

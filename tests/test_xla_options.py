@@ -1,0 +1,60 @@
+"""maskrcnn_jax.xla_options: convolutions leave YNNPACK on the CPU, results stay the same."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+import pytest
+
+from maskrcnn_jax import xla_options
+
+needs_cpu = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU options')
+
+
+def _conv_value_and_grads(x, w):
+  def loss(x, w):
+    y = lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.sum(jnp.sin(y))
+  return jax.value_and_grad(loss, argnums=(0, 1))(x, w)
+
+
+def _ynn_convolutions(hlo: str) -> list[str]:
+  """The YNNPACK fusions of a compiled module that compute a convolution."""
+  return [line for line in hlo.splitlines()
+          if '= ' in line and 'ynn_fusion' in line.split('=')[0] and 'conv_general_dilated' in line]
+
+
+@needs_cpu
+def test_cpu_convolutions_compile_outside_ynnpack_with_the_same_results():
+  options = xla_options.compiler_options()
+  assert options == xla_options.CPU_OPTIONS
+  rng = np.random.default_rng(0)
+  # Large enough that the default options send the convolutions to YNNPACK.
+  x = jnp.asarray(rng.normal(size=(8, 14, 14, 256)) * 0.1, jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 256, 256)) * 0.02, jnp.float32)
+  default = jax.jit(_conv_value_and_grads).lower(x, w).compile()
+  ours = jax.jit(_conv_value_and_grads, compiler_options=options).lower(x, w).compile()
+  assert _ynn_convolutions(default.as_text())
+  assert not _ynn_convolutions(ours.as_text()) and ' convolution(' in ours.as_text()
+  for got, want in zip(jax.tree.leaves(ours(x, w)), jax.tree.leaves(default(x, w))):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-4)
+
+
+def test_options_a_jaxlib_rejects_are_dropped_with_a_warning(monkeypatch, caplog):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  monkeypatch.setattr(xla_options, 'CPU_OPTIONS',
+                      {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_NO_SUCH'})
+  xla_options._cpu_options_compile.cache_clear()  # pylint: disable=protected-access
+  try:
+    with caplog.at_level(logging.WARNING):
+      assert xla_options.compiler_options() is None
+    assert 'LIBRARY_FUSION_TYPE_NO_SUCH' in caplog.text and 'not accepted' in caplog.text
+  finally:
+    xla_options._cpu_options_compile.cache_clear()  # pylint: disable=protected-access
+
+
+def test_other_backends_get_no_options(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert xla_options.compiler_options() is None
