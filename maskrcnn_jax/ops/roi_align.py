@@ -3,7 +3,8 @@
 Semantics follow torchvision.ops.roi_align / roi_pool exactly (CPU kernels), with NHWC
 features and [R, S, S, C] outputs. Every RoI reads from a flattened [H * W, C] feature
 map through a per-RoI geometry (scale, height, width, offset into the flat map), so one
-gather serves a single level and a whole pyramid alike.
+gather serves a single level and a whole pyramid alike. As torchvision's, RoIAlign is
+differentiable in the features only (reverse mode), not in the boxes.
 """
 
 from collections.abc import Sequence
@@ -69,9 +70,9 @@ def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, 
     offset: [R] int32 index of each RoI's map's first cell in flat_features.
 
   Returns:
-    [R, S, S, C] in flat_features.dtype.
+    [R, S, S, C] in flat_features.dtype; reverse-mode differentiable in flat_features.
   """
-  boxes = jnp.asarray(boxes)
+  boxes = jax.lax.stop_gradient(jnp.asarray(boxes))  # as torchvision: no box gradient
   coord_dtype = jnp.promote_types(boxes.dtype, jnp.float32)
   boxes = boxes.astype(coord_dtype)
   shift = 0.5 if aligned else 0.0
@@ -85,8 +86,8 @@ def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, 
   y_low, y_high, wy_low, wy_high = _interpolation_1d(ys, height)
   x_low, x_high, wx_low, wx_high = _interpolation_1d(xs, width)
   compute_dtype = jnp.promote_types(flat_features.dtype, coord_dtype)
-  # One gather of all four neighbours of every sample, reduced together with the bin
-  # mean: a single fused gather-multiply-reduce, and a single scatter in the gradient.
+  # Each bin is a weighted sum of G * G * 4 cells: its samples' four neighbours,
+  # with the bilinear weights divided by the G * G samples of the bin mean.
   rows = jnp.stack([y_low, y_high], -1) * width[:, None, None]  # [R, S*G, 2]
   cols = jnp.stack([x_low, x_high], -1)  # [R, S*G, 2]
   index = (offset[:, None, None, None, None] + rows[:, :, None, :, None]
@@ -94,9 +95,57 @@ def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, 
   weight = (jnp.stack([wy_low, wy_high], -1)[:, :, None, :, None]
             * jnp.stack([wx_low, wx_high], -1)[:, None, :, None, :])  # [R, S*G, S*G, 2, 2]
   shape = (boxes.shape[0], output_size, sampling_ratio, output_size, sampling_ratio, 4)
-  values = flat_features[index.reshape(shape)].astype(compute_dtype)
-  weight = weight.reshape(shape).astype(compute_dtype) / sampling_ratio**2
+  return _weighted_gather(flat_features, index.reshape(shape),
+                          weight.reshape(shape).astype(compute_dtype) / sampling_ratio**2)
+
+
+def _weighted_gather_at_once(flat_features, index, weight):
+  """`_weighted_gather` as one gather of every neighbour, then a weighted reduction."""
+  values = flat_features[index].astype(weight.dtype)  # [R, S, G, S, G, 4, C]
   return (values * weight[..., None]).sum(axis=(2, 4, 5)).astype(flat_features.dtype)
+
+
+@jax.custom_vjp
+def _weighted_gather(flat_features: jax.Array, index: jax.Array, weight: jax.Array
+                     ) -> jax.Array:
+  """Each bin's weighted sum of its samples' bilinear neighbours.
+
+  Two formulations, chosen by XLA:CPU speed (R50-FPN, 512x512, 2 cores): undifferentiated
+  (inference), G * G * 4 gathers summed in one loop, ~13x faster than
+  `_weighted_gather_at_once` (10 ms against 136 ms for 512 RoIs of 7x7 bins);
+  differentiated (training), `_weighted_gather_at_once` and its autodiff scatter-add,
+  with which the whole loss gradient takes 3.9 s against 4.7 s with the loop. No
+  gradient reaches `weight` (the boxes), as in torchvision's roi_align.
+
+  Args:
+    flat_features: [N, C].
+    index: [R, S, G, S, G, 4] int32 rows of flat_features.
+    weight: [R, S, G, S, G, 4] in the compute dtype, bilinear weight / (G * G).
+
+  Returns:
+    [R, S, S, C] in flat_features.dtype.
+  """
+  total = 0.0
+  _, _, g_y, _, g_x, neighbours = index.shape
+  for a in range(g_y):
+    for b in range(g_x):
+      for k in range(neighbours):
+        total = total + (weight[:, :, a, :, b, k, None]
+                         * flat_features[index[:, :, a, :, b, k]].astype(weight.dtype))
+  return total.astype(flat_features.dtype)
+
+
+def _weighted_gather_forward(flat_features, index, weight):
+  output, features_vjp = jax.vjp(lambda f: _weighted_gather_at_once(f, index, weight),
+                                 flat_features)
+  return output, features_vjp
+
+
+def _weighted_gather_backward(features_vjp, output_grad):
+  return features_vjp(output_grad)[0], None, None
+
+
+_weighted_gather.defvjp(_weighted_gather_forward, _weighted_gather_backward)
 
 
 def _c_round(x):
@@ -179,7 +228,8 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: int, spatial_s
     aligned: shift box corners by -0.5 cell (pixel centers) and allow RoIs under 1 cell.
 
   Returns:
-    [R, S, S, C] in features.dtype, the mean of the G x G bilinear samples of each bin.
+    [R, S, S, C] in features.dtype, the mean of the G x G bilinear samples of each bin;
+    reverse-mode differentiable in `features`, not in `boxes`.
   """
   if sampling_ratio <= 0:
     raise ValueError(f'sampling_ratio must be > 0 (static sample grid), got {sampling_ratio}')
