@@ -4,7 +4,7 @@ On XLA:CPU, jax 0.10 hands single dots, reduce fusions and convolutions to YNNPA
 (its default `xla_cpu_experimental_ynn_fusion_type`). YNNPACK's convolution gradients
 run ~2.4x slower than XLA's own (Eigen) convolutions: a 3x3 conv on [128, 14, 14, 256]
 takes 0.74 s against 0.31 s for its value and both gradients on 2 cores, and the
-R50-FPN 512x512 train step 7.7 s against 4.2 s. So on the CPU our jits keep YNNPACK
+R50-FPN 512x512 train step 7.7 s against 4.1 s. So on the CPU our jits keep YNNPACK
 for dots and reductions and leave convolutions to XLA; inference is unchanged or a
 little faster (forward 1.2-1.3 s against 1.3-1.4 s). The options are per jit, so
 nothing else in the process changes; a jaxlib that does not know them gets none (with

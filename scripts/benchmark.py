@@ -26,8 +26,8 @@ targets, infer = eval-mode forward including its mask pasting. Needs torch and
 torchvision importable; the package itself never imports torch.
 
 The two train steps do different amounts of mask work. Ours runs the mask head on the
-static foreground sample (batch_size_per_image * positive_fraction = 128 RoIs per image
-in every config) whatever the data; torchvision runs it on the positive proposals it
+static foreground sample (batch_size_per_image * positive_fraction: 128 RoIs per image
+in the COCO configs) whatever the data; torchvision runs it on the positive proposals it
 found. With random weights those are about the ground-truth boxes themselves, so
 `--instances` sets torchvision's mask work; both counts are reported.
 """
@@ -56,7 +56,6 @@ from maskrcnn_jax import xla_options
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.predictor import Predictor
-
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

@@ -56,7 +56,8 @@ def test_train_and_infer_report_timings_and_memory(tmp_path):
       assert jax_part['detections_per_image'] == 100
     else:  # tiny: 16 sampled RoIs per image, a quarter of them foreground
       assert jax_part['mask_head_rois_per_image'] == 4
-      assert '5 ground-truth instances per image; mask head RoIs per image: maskrcnn-jax 4' in stdout
+      assert ('5 ground-truth instances per image; mask head RoIs per image: '
+              'maskrcnn-jax 4') in stdout
   assert markdown.read_text().count('| maskrcnn-jax |') == 3
 
 
