@@ -9,7 +9,6 @@ import pytest
 
 from maskrcnn_jax.ops import nms as nms_ops
 from tests.conftest import FIXTURES
-from tests.numpy_reference import box_iou
 from tests.numpy_reference import greedy_nms
 
 nms = jax.jit(nms_ops.nms, static_argnames=('iou_threshold', 'max_output'))
