@@ -135,6 +135,39 @@ def _tensorboard_scalars(logdir):
   return scalars
 
 
+def test_a_bfloat16_step_follows_the_float32_step(tmp_path):
+  """bfloat16 compute, float32 parameters: the same losses and nearly the same update.
+
+  Measured: losses within 0.1%; relative update difference per module FPN 0.016, RPN,
+  box and mask heads 0.06-0.08, backbone 0.11. With RoIAlign's gradient scatter-added in
+  bfloat16, the FPN's was 0.15 and the backbone's 0.21.
+  """
+  config = tiny_config(str(tmp_path / 'shapes'))
+  batch = _first_batch(config, 2)
+  mesh = parallel.data_mesh()
+  metrics, updates = {}, {}
+  for dtype in ('float32', 'bfloat16'):
+    config.model.dtype = dtype
+    model, optimizer, state = train.create_train_state(config, jax.random.key(0))
+    before = jax.device_get(state.params)
+    step = train.jit_train_step(model, optimizer, config.train, mesh)
+    state, metrics[dtype] = jax.device_get(step(
+        parallel.replicate(state, mesh), parallel.host_batch_to_global(batch, mesh),
+        jax.random.key(1)))
+    assert {p.dtype for p in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
+    updates[dtype] = jax.tree.map(lambda new, old: new - old, state.params, before)
+  for term in LOSS_TERMS + ('total',):
+    np.testing.assert_allclose(metrics['bfloat16'][term], metrics['float32'][term],
+                               rtol=1e-2, err_msg=term)
+  for module, bound in (('fpn', 0.05), ('rpn', 0.15), ('box_head', 0.15),
+                        ('mask_head', 0.15), ('backbone', 0.2)):
+    want = jax.tree.leaves(updates['float32'][module])
+    got = jax.tree.leaves(updates['bfloat16'][module])
+    difference = np.sqrt(sum(np.sum((g - w)**2) for g, w in zip(got, want))
+                         / sum(np.sum(w**2) for w in want))
+    assert difference < bound, (module, difference)
+
+
 def test_interrupted_run_resumes_exactly_and_its_checkpoint_evaluates_the_same(tmp_path):
   config = _loop_config(tmp_path, 4)
   config.train.eval_every = 2

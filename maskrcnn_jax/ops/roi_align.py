@@ -95,8 +95,10 @@ def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, 
   weight = (jnp.stack([wy_low, wy_high], -1)[:, :, None, :, None]
             * jnp.stack([wx_low, wx_high], -1)[:, None, :, None, :])  # [R, S*G, S*G, 2, 2]
   shape = (boxes.shape[0], output_size, sampling_ratio, output_size, sampling_ratio, 4)
-  return _weighted_gather(flat_features, index.reshape(shape),
-                          weight.reshape(shape).astype(compute_dtype) / sampling_ratio**2)
+  # Gathered in the compute dtype, so the gradient's scatter-add accumulates in it too.
+  pooled = _weighted_gather(flat_features.astype(compute_dtype), index.reshape(shape),
+                            weight.reshape(shape).astype(compute_dtype) / sampling_ratio**2)
+  return pooled.astype(flat_features.dtype)
 
 
 def _weighted_gather_at_once(flat_features, index, weight):
