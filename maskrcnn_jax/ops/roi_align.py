@@ -103,8 +103,8 @@ def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, 
 
 def _weighted_gather_at_once(flat_features, index, weight):
   """`_weighted_gather` as one gather of every neighbour, then a weighted reduction."""
-  values = flat_features[index].astype(weight.dtype)  # [R, S, G, S, G, 4, C]
-  return (values * weight[..., None]).sum(axis=(2, 4, 5)).astype(flat_features.dtype)
+  values = flat_features[index]  # [R, S, G, S, G, 4, C]
+  return (values * weight[..., None]).sum(axis=(2, 4, 5))
 
 
 @jax.custom_vjp
@@ -120,12 +120,12 @@ def _weighted_gather(flat_features: jax.Array, index: jax.Array, weight: jax.Arr
   gradient reaches `weight` (the boxes), as in torchvision's roi_align.
 
   Args:
-    flat_features: [N, C].
+    flat_features: [N, C] in the compute dtype.
     index: [R, S, G, S, G, 4] int32 rows of flat_features.
     weight: [R, S, G, S, G, 4] in the compute dtype, bilinear weight / (G * G).
 
   Returns:
-    [R, S, S, C] in flat_features.dtype.
+    [R, S, S, C] in the compute dtype.
   """
   total = 0.0
   _, _, g_y, _, g_x, neighbours = index.shape
@@ -133,14 +133,13 @@ def _weighted_gather(flat_features: jax.Array, index: jax.Array, weight: jax.Arr
     for b in range(g_x):
       for k in range(neighbours):
         total = total + (weight[:, :, a, :, b, k, None]
-                         * flat_features[index[:, :, a, :, b, k]].astype(weight.dtype))
-  return total.astype(flat_features.dtype)
+                         * flat_features[index[:, :, a, :, b, k]])
+  return total
 
 
 def _weighted_gather_forward(flat_features, index, weight):
-  output, features_vjp = jax.vjp(lambda f: _weighted_gather_at_once(f, index, weight),
-                                 flat_features)
-  return output, features_vjp
+  # Returns (output, the features' VJP function as the residual).
+  return jax.vjp(lambda f: _weighted_gather_at_once(f, index, weight), flat_features)
 
 
 def _weighted_gather_backward(features_vjp, output_grad):
