@@ -10,6 +10,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax import image_info as info_lib
 from maskrcnn_jax.ops import boxes as box_ops
 from maskrcnn_jax.ops import nms as nms_ops
 
@@ -26,6 +27,7 @@ def detect_boxes(
     score_threshold: float,
     nms_threshold: float,
     detections_per_image: int,
+    pre_nms_topk: int,
     min_size: float = 1e-2,
 ) -> dict[str, jax.Array]:
   """Per-class boxes, scored, filtered and suppressed to D detections per image.
@@ -33,20 +35,23 @@ def detect_boxes(
   Each (proposal, foreground class) pair is a candidate: softmax score, class-specific
   decoded box clipped to the image. Candidates scoring <= `score_threshold` or with a
   side < `min_size` are dropped, NMS runs per class, and the D best survivors over all
-  classes are kept. NMS is vmapped over classes (K runs over R candidates rather than one
-  over K * R); the result equals torchvision's class-aware batched_nms.
+  classes are kept, as torchvision's class-aware batched_nms. Only the `pre_nms_topk`
+  best candidates enter the NMS (one batched NMS over them): greedy decisions depend
+  only on higher-scored boxes, so the result is the same unless fewer than D survive
+  among those candidates while more valid ones remain below them.
 
   Args:
     class_logits: [B, R, K + 1] float32.
     box_deltas: [B, R, K + 1, 4] float32.
     proposals: [B, R, 4] float32 x1y1x2y2 pixels.
     proposal_valid: [B, R] bool.
-    image_info: [B, 4] float32 (resized h, resized w, scale, flipped).
+    image_info: [B, 5] float32 (maskrcnn_jax/image_info.py).
     weights: box coder weights (wx, wy, ww, wh).
     clamp: dw, dh clamp when decoding.
     score_threshold: minimum (exclusive) class probability.
     nms_threshold: IoU above which a lower-scored box of the same class is suppressed.
     detections_per_image: D.
+    pre_nms_topk: C, candidates (proposal, class) entering the NMS.
     min_size: minimum box side (torchvision's remove_small_boxes(1e-2)).
 
   Returns:
@@ -55,34 +60,32 @@ def detect_boxes(
     classes: [B, D] int32 in 1..K, 0 where invalid.
     valid: [B, D] bool.
   """
-  num_rois, num_outputs = class_logits.shape[1:]
-  per_class_outputs = min(detections_per_image, num_rois)
+  num_classes = class_logits.shape[2] - 1
+  num_candidates = min(pre_nms_topk, class_logits.shape[1] * num_classes)
 
   def per_image(logits, deltas, proposals, proposal_valid, info):
     scores = jax.nn.softmax(logits, axis=-1)[:, 1:]  # [R, K]
     deltas = deltas[:, 1:]  # [R, K, 4]
     reference = jnp.broadcast_to(proposals[:, None], deltas.shape)
     boxes = box_ops.decode_boxes(deltas, reference, weights, clamp)
-    boxes = box_ops.clip_boxes(boxes, info[0], info[1])  # [R, K, 4]
+    boxes = box_ops.clip_boxes(boxes, info_lib.resized_height(info),
+                               info_lib.resized_width(info))  # [R, K, 4]
     sides = boxes[..., 2:] - boxes[..., :2]
     valid = (proposal_valid[:, None] & (scores > score_threshold)
              & jnp.all(sides >= min_size, axis=-1))
-    boxes, scores, valid = jnp.swapaxes(boxes, 0, 1), scores.T, valid.T  # class major
-
-    def class_nms(boxes, scores, valid):
-      keep, keep_valid = nms_ops.nms(boxes, scores, nms_threshold, per_class_outputs, valid)
-      return boxes[keep], scores[keep], keep_valid
-
-    boxes, scores, valid = jax.vmap(class_nms)(boxes, scores, valid)  # [K, D', ...]
-    classes = jnp.broadcast_to(jnp.arange(1, num_outputs, dtype=jnp.int32)[:, None],
-                               scores.shape)
+    classes = jnp.broadcast_to(jnp.arange(1, num_classes + 1, dtype=jnp.int32), scores.shape)
+    # Proposal-major candidates, as torchvision flattens them; the best C go to one
+    # class-aware NMS, whose decisions on them are those of NMS over all candidates.
     boxes, scores, valid, classes = (
         boxes.reshape(-1, 4), scores.reshape(-1), valid.reshape(-1), classes.reshape(-1))
-    top, valid = nms_ops.top_k_valid(scores, valid, detections_per_image)
+    top, top_valid = nms_ops.top_k_valid(scores, valid, num_candidates)
+    boxes, scores, classes = boxes[top], scores[top], classes[top]
+    keep, valid = nms_ops.batched_nms(boxes, scores, classes, nms_threshold,
+                                      detections_per_image, top_valid)
     return {
-        'boxes': jnp.where(valid[:, None], boxes[top], 0.0),
-        'scores': jnp.where(valid, scores[top], 0.0),
-        'classes': jnp.where(valid, classes[top], 0),
+        'boxes': jnp.where(valid[:, None], boxes[keep], 0.0),
+        'scores': jnp.where(valid, scores[keep], 0.0),
+        'classes': jnp.where(valid, classes[keep], 0),
         'valid': valid,
     }
 

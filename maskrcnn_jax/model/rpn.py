@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskrcnn_jax import image_info as info_lib
 from maskrcnn_jax.ops import boxes as box_ops
 from maskrcnn_jax.ops import nms as nms_ops
 
@@ -82,16 +83,17 @@ def select_proposals(
   """Fixed-size proposals per image, as torchvision's `filter_proposals`.
 
   Per level: the top `pre_nms_topk` anchors by objectness (all if the level has fewer)
-  are decoded, clipped to the image, masked when a side is below `min_box_size`, and
-  suppressed by NMS within the level; the `post_nms_topk` best survivors over all levels
-  are returned. Sorting by logits gives torchvision's order (it sorts by sigmoid) without
-  ties from saturated probabilities. No gradient flows into the proposals.
+  are decoded, clipped to the image, masked when a side is below `min_box_size`; NMS
+  runs within each level (one batched NMS with the level as the class, as torchvision)
+  and the `post_nms_topk` best survivors over all levels are returned. Sorting by logits
+  gives torchvision's order (it sorts by sigmoid) without ties from saturated
+  probabilities. No gradient flows into the proposals.
 
   Args:
     objectness: per level [B, N_l] float32 logits.
     deltas: per level [B, N_l, 4] float32 deltas.
     anchors: per level [N_l, 4] float32 x1y1x2y2 pixels.
-    image_info: [B, 4] float32 (resized h, resized w, scale, flipped).
+    image_info: [B, 5] float32 (maskrcnn_jax/image_info.py).
     pre_nms_topk: anchors kept per level before NMS.
     post_nms_topk: P, proposals returned per image.
     nms_threshold: IoU above which a lower-scored box of the same level is suppressed.
@@ -109,23 +111,27 @@ def select_proposals(
   deltas = [jax.lax.stop_gradient(d) for d in deltas]
 
   def per_image(objectness, deltas, info):
-    all_boxes, all_scores, all_valid = [], [], []
-    for level_objectness, level_deltas, level_anchors in zip(objectness, deltas, anchors):
+    all_boxes, all_scores, all_valid, all_levels = [], [], [], []
+    for level, (level_objectness, level_deltas, level_anchors) in enumerate(
+        zip(objectness, deltas, anchors)):
       k = min(pre_nms_topk, level_objectness.shape[0])
       scores, top = jax.lax.top_k(level_objectness, k)
       boxes = box_ops.decode_boxes(level_deltas[top], jnp.asarray(level_anchors)[top],
                                    weights, clamp)
-      boxes = box_ops.clip_boxes(boxes, info[0], info[1])
+      boxes = box_ops.clip_boxes(boxes, info_lib.resized_height(info),
+                                 info_lib.resized_width(info))
       sides = boxes[:, 2:] - boxes[:, :2]
-      valid = jnp.all(sides >= min_box_size, axis=-1)
-      keep, keep_valid = nms_ops.nms(boxes, scores, nms_threshold, min(post_nms_topk, k), valid)
-      all_boxes.append(boxes[keep])
-      all_scores.append(scores[keep])
-      all_valid.append(keep_valid)
+      all_boxes.append(boxes)
+      all_scores.append(scores)
+      all_valid.append(jnp.all(sides >= min_box_size, axis=-1))
+      all_levels.append(jnp.full((k,), level, jnp.int32))
     boxes = jnp.concatenate(all_boxes)
     scores = jnp.concatenate(all_scores)
-    top, valid = nms_ops.top_k_valid(scores, jnp.concatenate(all_valid), post_nms_topk)
-    return (jnp.where(valid[:, None], boxes[top], 0.0), valid,
-            jnp.where(valid, scores[top], 0.0))
+    # One class-aware NMS with the level as the class: levels never suppress each other,
+    # and its first P kept boxes are the P best of the per-level NMS results.
+    keep, valid = nms_ops.batched_nms(boxes, scores, jnp.concatenate(all_levels),
+                                      nms_threshold, post_nms_topk, jnp.concatenate(all_valid))
+    return (jnp.where(valid[:, None], boxes[keep], 0.0), valid,
+            jnp.where(valid, scores[keep], 0.0))
 
   return jax.vmap(per_image)(list(objectness), list(deltas), image_info)

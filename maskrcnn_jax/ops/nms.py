@@ -4,21 +4,21 @@ A box is suppressed when its IoU with a kept, higher-ranked box is > iou_thresho
 are score descending, ties by lower index. Outputs are fixed-size index lists in rank
 order plus a validity mask; padded entries hold index 0.
 
-Algorithm (chosen by measurement, scripts/bench_nms.py): sort once, build the [N, N]
-"IoU > threshold" matrix, then one sequential pass over the sorted boxes that ORs each
-kept box's row into a suppression mask, stopping once max_output boxes are kept or the
-valid boxes run out. Median ms, jit, float32, 2 loaded CPU cores, random boxes:
+Algorithm: sort once, then max_output selection rounds in a loop with a static trip
+count. Each round keeps the first box still in play and takes out of play every box it
+suppresses (IoU of that one box against all N, O(N) work). A kept box's decision depends
+only on higher-ranked boxes, so the rounds keep exactly greedy NMS's boxes, in order.
 
-| case                                       | matrix + pass | argmax rounds |
-|--------------------------------------------|---------------|---------------|
-| nms N=1000, max_output=1000                |           1.1 |           6.8 |
-| nms N=2000, max_output=1000                |           3.5 |          13.5 |
-| vmap over 80 sets, N=1000, max_output=100  |            58 |            16 |
-| batched_nms N=1000, 80 classes, out=100    |           0.6 |             - |
-
-"argmax rounds" (max_output rounds of argmax + IoU of the winner against all boxes) wins
-only when max_output << N under a wide vmap; for per-class detection NMS prefer one
-batched_nms over the top-scoring candidates.
+Why rounds, and not a pass over the boxes that stops early, or tiles that iterate until
+they settle: both are loops whose trip count depends on the data, and on XLA:GPU each
+iteration of such a loop copies its predicate to the host and waits for it. A loop with
+a trip count XLA knows runs its body back to back. Exact greedy NMS needs up to
+max_output dependent steps in the worst case (a chain of boxes, each overlapping the
+next), so a static trip count of max_output rounds is the least any exact form can
+promise; a round here is one argmax and one IoU row. Class-aware NMS (`batched_nms`) is
+one set of rounds over all classes, with suppression only within a class, so per-class
+detection NMS costs max_output rounds, not one loop per class. Timings:
+docs/benchmarks.md ("NMS").
 """
 
 import jax
@@ -27,37 +27,35 @@ import jax.numpy as jnp
 from maskrcnn_jax.ops import boxes as box_ops
 
 
-def _greedy_keep(overlaps, valid, max_output):
-  """Greedy pass over boxes already sorted by rank.
+def _selection_rounds(sorted_boxes, sorted_valid, sorted_classes, iou_threshold, rounds):
+  """Greedy NMS over boxes already sorted by rank, as `rounds` selection rounds.
 
   Args:
-    overlaps: [N, N] bool, overlaps[i, j]: box i suppresses box j if i is kept.
-    valid: [N] bool, all True entries before all False ones.
-    max_output: the pass stops once this many boxes are kept.
+    sorted_boxes: [N, 4] x1y1x2y2, rank order.
+    sorted_valid: [N] bool; invalid boxes are never kept nor suppress.
+    sorted_classes: [N] int32 or None (class agnostic).
+    iou_threshold: suppression when IoU > iou_threshold (within a class).
+    rounds: static number of boxes to select (<= N).
 
   Returns:
-    keep: [N] bool in sorted order, at most max_output True.
+    [rounds] int32 positions of the kept boxes in rank order, N where fewer were kept.
   """
-  num_boxes = valid.shape[0]
-  # Only later boxes can be suppressed, so a kept box's row never touches earlier ones.
-  later = jnp.arange(num_boxes)[None, :] > jnp.arange(num_boxes)[:, None]
-  overlaps = overlaps & later
+  num_boxes = sorted_boxes.shape[0]
+  position = jnp.arange(num_boxes, dtype=jnp.int32)
 
-  num_valid = jnp.sum(valid)  # valid boxes are sorted first
+  def select(r, state):
+    in_play, kept = state
+    first = jnp.argmax(in_play).astype(jnp.int32)  # the first box still in play
+    found = in_play[first]
+    suppressed = box_ops.pairwise_iou(sorted_boxes[first][None], sorted_boxes)[0] > iou_threshold
+    if sorted_classes is not None:
+      suppressed = suppressed & (sorted_classes == sorted_classes[first])
+    in_play = in_play & ~suppressed & (position != first)
+    return in_play, kept.at[r].set(jnp.where(found, first, num_boxes))
 
-  def cond(state):
-    i, count, _ = state
-    return (i < num_valid) & (count < max_output)
-
-  def body(state):
-    i, count, suppressed = state
-    kept = valid[i] & ~suppressed[i]
-    suppressed = suppressed | (kept & overlaps[i])
-    return i + 1, count + kept.astype(jnp.int32), suppressed
-
-  stop, _, suppressed = jax.lax.while_loop(
-      cond, body, (0, 0, jnp.zeros(num_boxes, bool)))
-  return valid & ~suppressed & (jnp.arange(num_boxes) < stop)
+  _, kept = jax.lax.fori_loop(
+      0, rounds, select, (sorted_valid, jnp.full((rounds,), num_boxes, jnp.int32)))
+  return kept
 
 
 def _nms(boxes, scores, iou_threshold, max_output, valid, classes):
@@ -69,14 +67,11 @@ def _nms(boxes, scores, iou_threshold, max_output, valid, classes):
   order = jax.lax.sort(
       ((~valid).astype(jnp.int32), -scores, jnp.arange(num_boxes, dtype=jnp.int32)),
       num_keys=2, is_stable=True)[2]
-  sorted_boxes = boxes[order]
-  sorted_valid = valid[order]
-  overlaps = box_ops.pairwise_iou(sorted_boxes, sorted_boxes) > iou_threshold
-  if classes is not None:
-    sorted_classes = classes[order]
-    overlaps = overlaps & (sorted_classes[:, None] == sorted_classes[None, :])
-  keep = _greedy_keep(overlaps, sorted_valid, max_output)
-  positions = jnp.nonzero(keep, size=max_output, fill_value=num_boxes)[0]
+  sorted_classes = None if classes is None else classes[order]
+  positions = _selection_rounds(boxes[order], valid[order], sorted_classes, iou_threshold,
+                                min(max_output, num_boxes))
+  if max_output > num_boxes:  # more outputs than boxes: the rest is padding
+    positions = jnp.pad(positions, (0, max_output - num_boxes), constant_values=num_boxes)
   out_valid = positions < num_boxes
   indices = jnp.where(out_valid, order[jnp.minimum(positions, num_boxes - 1)], 0)
   return indices.astype(jnp.int32), out_valid

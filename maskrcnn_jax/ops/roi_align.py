@@ -85,7 +85,6 @@ def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, 
   xs = _bin_coordinates(start[:, 0], bin_size[:, 0], output_size, sampling_ratio)
   y_low, y_high, wy_low, wy_high = _interpolation_1d(ys, height)
   x_low, x_high, wx_low, wx_high = _interpolation_1d(xs, width)
-  compute_dtype = jnp.promote_types(flat_features.dtype, coord_dtype)
   # Each bin is a weighted sum of G * G * 4 cells: its samples' four neighbours,
   # with the bilinear weights divided by the G * G samples of the bin mean.
   rows = jnp.stack([y_low, y_high], -1) * width[:, None, None]  # [R, S*G, 2]
@@ -95,55 +94,73 @@ def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, 
   weight = (jnp.stack([wy_low, wy_high], -1)[:, :, None, :, None]
             * jnp.stack([wx_low, wx_high], -1)[:, None, :, None, :])  # [R, S*G, S*G, 2, 2]
   shape = (boxes.shape[0], output_size, sampling_ratio, output_size, sampling_ratio, 4)
-  # Gathered in the compute dtype, so the gradient's scatter-add accumulates in it too.
-  pooled = _weighted_gather(flat_features.astype(compute_dtype), index.reshape(shape),
-                            weight.reshape(shape).astype(compute_dtype) / sampling_ratio**2)
+  pooled = _weighted_gather(flat_features, index.reshape(shape),
+                            weight.reshape(shape) / sampling_ratio**2)
   return pooled.astype(flat_features.dtype)
 
 
-def _weighted_gather_at_once(flat_features, index, weight):
-  """`_weighted_gather` as one gather of every neighbour, then a weighted reduction."""
-  values = flat_features[index]  # [R, S, G, S, G, 4, C]
-  return (values * weight[..., None]).sum(axis=(2, 4, 5))
+def _neighbour_terms(index, weight):
+  """The G * G * 4 (index, weight) pairs of `_weighted_gather`, each [R, S, S]."""
+  _, _, g_y, _, g_x, neighbours = index.shape
+  return [(index[:, :, a, :, b, k], weight[:, :, a, :, b, k])
+          for a in range(g_y) for b in range(g_x) for k in range(neighbours)]
 
 
 @jax.custom_vjp
 def _weighted_gather(flat_features: jax.Array, index: jax.Array, weight: jax.Array
                      ) -> jax.Array:
-  """Each bin's weighted sum of its samples' bilinear neighbours.
+  """Each bin's weighted sum of its samples' bilinear neighbours, at least in float32.
 
-  Two formulations, chosen by XLA:CPU speed (R50-FPN, 512x512, 2 cores): undifferentiated
-  (inference), G * G * 4 gathers summed in one loop, ~13x faster than
-  `_weighted_gather_at_once` (10 ms against 136 ms for 512 RoIs of 7x7 bins);
-  differentiated (training), `_weighted_gather_at_once` and its autodiff scatter-add,
-  with which the whole loss gradient takes 3.9 s against 4.7 s with the loop. No
-  gradient reaches `weight` (the boxes), as in torchvision's roi_align.
+  A sum of G * G * 4 gathers of [R, S, S, C], and a gradient that scatter-adds the same
+  G * G * 4 terms into a buffer of the map's size: neither direction holds the
+  [R, S, G, S, G, 4, C] neighbour tensor (400 MB a 512-RoI box head at C = 256), and the
+  features are read in their own dtype (a bfloat16 pyramid is never copied to float32);
+  sums and the gradient's buffer are float32 (or the features' wider dtype). No gradient
+  reaches `weight` (the boxes), as in torchvision's roi_align.
 
   Args:
     flat_features: [N, C] in the compute dtype.
     index: [R, S, G, S, G, 4] int32 rows of flat_features.
-    weight: [R, S, G, S, G, 4] in the compute dtype, bilinear weight / (G * G).
+    weight: [R, S, G, S, G, 4] float, bilinear weight / (G * G).
 
   Returns:
-    [R, S, S, C] in the compute dtype.
+    [R, S, S, C] in the accumulation dtype (float32, or float64 for float64 features).
   """
+  dtype = _accumulation_dtype(flat_features.dtype)
   total = 0.0
-  _, _, g_y, _, g_x, neighbours = index.shape
-  for a in range(g_y):
-    for b in range(g_x):
-      for k in range(neighbours):
-        total = total + (weight[:, :, a, :, b, k, None]
-                         * flat_features[index[:, :, a, :, b, k]])
+  for term_index, term_weight in _neighbour_terms(index, weight.astype(dtype)):
+    total = total + term_weight[..., None] * flat_features[term_index].astype(dtype)
   return total
 
 
+def _accumulation_dtype(dtype):
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _weighted_gather_forward(flat_features, index, weight):
-  # Returns (output, the features' VJP function as the residual).
-  return jax.vjp(lambda f: _weighted_gather_at_once(f, index, weight), flat_features)
+  residuals = (index, weight, jnp.zeros((0,), flat_features.dtype), flat_features.shape)
+  return _weighted_gather(flat_features, index, weight), residuals
 
 
-def _weighted_gather_backward(features_vjp, output_grad):
-  return features_vjp(output_grad)[0], None, None
+def _terms_first(x):
+  """[R, S, G, S, G, 4] -> [G * G * 4, R, S, S], terms in `_neighbour_terms` order."""
+  rois, size, g_y, _, g_x, neighbours = x.shape
+  return jnp.transpose(x, (2, 4, 5, 0, 1, 3)).reshape(g_y * g_x * neighbours, rois, size,
+                                                     size)
+
+
+def _weighted_gather_backward(residuals, output_grad):
+  index, weight, dtype_carrier, shape = residuals
+  dtype = _accumulation_dtype(dtype_carrier.dtype)
+  index, weight = _terms_first(index), _terms_first(weight.astype(dtype))
+
+  # One term per iteration (a static trip count): XLA would otherwise compute every
+  # term's [R, S, S, C] update before the first scatter.
+  def add_term(term, grad):
+    return grad.at[index[term]].add(weight[term][..., None] * output_grad)
+
+  grad = jax.lax.fori_loop(0, index.shape[0], add_term, jnp.zeros(shape, dtype))
+  return grad.astype(dtype_carrier.dtype), None, None
 
 
 _weighted_gather.defvjp(_weighted_gather_forward, _weighted_gather_backward)

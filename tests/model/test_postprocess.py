@@ -14,10 +14,11 @@ WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
 
 def _np_postprocess(logits, deltas, proposals, image_hw, score_threshold, nms_threshold,
-                    detections):
+                    detections, candidates=None):
   """torchvision RoIHeads.postprocess_detections for one image, float64.
 
   logits: [R, K + 1]; deltas: [R, (K + 1) * 4]; proposals: [R, 4] (valid ones only).
+  candidates: keep only the best this many (by score) before NMS; None keeps all.
   """
   num_rois, num_classes = logits.shape
   boxes = numpy_reference.decode_boxes(
@@ -34,6 +35,9 @@ def _np_postprocess(logits, deltas, proposals, image_hw, score_threshold, nms_th
   boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
   keep = ((boxes[:, 2] - boxes[:, 0]) >= 1e-2) & ((boxes[:, 3] - boxes[:, 1]) >= 1e-2)
   boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+  if candidates is not None:
+    best = np.argsort(-scores, kind='stable')[:candidates]
+    boxes, scores, labels = boxes[best], scores[best], labels[best]
   kept = numpy_reference.greedy_nms(boxes, scores, nms_threshold, classes=labels)
   kept = np.asarray(kept[:detections], np.int64)
   return boxes[kept], scores[kept], labels[kept]
@@ -51,8 +55,8 @@ def _random_inputs(rng, batch, num_rois, num_classes):
   return logits, deltas, proposals, proposal_valid
 
 
-@pytest.mark.parametrize('detections', [8, 200])
-def test_detect_boxes_matches_torchvision_reference(detections):
+@pytest.mark.parametrize('detections, candidates', [(8, 5000), (200, 5000), (8, 12)])
+def test_detect_boxes_matches_torchvision_reference(detections, candidates):
   rng = np.random.default_rng(0)
   batch, num_rois, num_classes = 2, 24, 4
   logits, deltas, proposals, proposal_valid = _random_inputs(rng, batch, num_rois, num_classes)
@@ -60,7 +64,7 @@ def test_detect_boxes_matches_torchvision_reference(detections):
 
   detect = jax.jit(lambda *args: postprocess.detect_boxes(
       *args, weights=WEIGHTS, clamp=CLAMP, score_threshold=0.05, nms_threshold=0.5,
-      detections_per_image=detections))
+      detections_per_image=detections, pre_nms_topk=candidates))
   out = jax.device_get(detect(logits, deltas, proposals, proposal_valid, image_info))
 
   assert out['boxes'].shape == (batch, detections, 4)
@@ -71,7 +75,8 @@ def test_detect_boxes_matches_torchvision_reference(detections):
     keep = proposal_valid[b]
     ref_boxes, ref_scores, ref_classes = _np_postprocess(
         logits[b, keep].astype(np.float64), deltas[b, keep].reshape(keep.sum(), -1),
-        proposals[b, keep].astype(np.float64), image_info[b, :2], 0.05, 0.5, detections)
+        proposals[b, keep].astype(np.float64), image_info[b, :2], 0.05, 0.5, detections,
+        candidates if candidates < 5000 else None)
     n = len(ref_scores)
     assert n > 0
     np.testing.assert_array_equal(out['valid'][b], np.arange(detections) < n)

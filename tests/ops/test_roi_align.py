@@ -230,17 +230,45 @@ def test_jit_does_not_recompile_for_new_values():
   assert len(traces) == 1
 
 
-def test_inference_and_training_formulations_agree(features):
-  """The undifferentiated loop and the differentiated one-gather form give one RoIAlign."""
+def test_bfloat16_features_follow_float32_in_value_and_gradient():
+  """bfloat16 features are read as they are, but summed and back-propagated in float32."""
   pyramid = [jnp.asarray(p) for p in _pyramid(np.random.default_rng(5))]
+  pyramid16 = [p.astype(jnp.bfloat16) for p in pyramid]
+  exact = [p.astype(jnp.float32) for p in pyramid16]  # the same values, in float32
   boxes = jnp.asarray(ML_BOXES, jnp.float32)
-  for size, ratio, aligned in ((3, 2, True), (2, 1, False)):
-    plain = multilevel_roi_align(pyramid, boxes, size, ratio, aligned)
-    under_vjp, _ = jax.jit(lambda p, size=size, ratio=ratio, aligned=aligned: jax.vjp(
-        lambda q: roi_ops.multilevel_roi_align(q, boxes, size, ratio, aligned), p))(pyramid)
-    np.testing.assert_allclose(plain, under_vjp, rtol=1e-6, atol=1e-6)
-    single = roi_align(jnp.asarray(features), jnp.asarray(BOXES), output_size=size,
-                       spatial_scale=0.5, sampling_ratio=ratio, aligned=aligned)
-    single_vjp, _ = jax.vjp(lambda x, size=size, ratio=ratio, aligned=aligned: roi_ops.roi_align(
-        x, jnp.asarray(BOXES), size, 0.5, ratio, aligned), jnp.asarray(features))
-    np.testing.assert_allclose(single, single_vjp, rtol=1e-6, atol=1e-6)
+  cotangent = jnp.asarray(np.random.default_rng(6).normal(size=ML_BOXES.shape[:2] + (3, 3, 2)),
+                          jnp.bfloat16).astype(jnp.float32)  # exact in both dtypes
+
+  def value_and_grad(features):
+    out, vjp = jax.vjp(lambda q: roi_ops.multilevel_roi_align(q, boxes, 3, 2, True), features)
+    return out, vjp(cotangent.astype(out.dtype))[0]
+
+  out16, grad16 = jax.jit(value_and_grad)(pyramid16)
+  out32, grad32 = jax.jit(value_and_grad)(exact)
+  assert out16.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grad16)
+  # Only the final rounding to bfloat16 differs: a bfloat16 accumulation would be off by
+  # many ulps where a cell receives several terms.
+  np.testing.assert_array_equal(out16, out32.astype(jnp.bfloat16))
+  for g16, g32 in zip(grad16, grad32):
+    np.testing.assert_array_equal(g16, g32.astype(jnp.bfloat16))
+
+
+def test_training_gradient_never_holds_the_neighbour_tensor():
+  """Temp memory of the RoIAlign gradient stays a few [R, S, S, C] outputs, far below the
+  [R, S, G, S, G, 4, C] tensor of all bilinear neighbours (16 outputs at G = 2)."""
+  rois, size, ratio, channels = 64, 7, 2, 32
+  rng = np.random.default_rng(7)
+  pyramid = [jnp.asarray(rng.normal(size=(1, 64 // 2**l, 64 // 2**l, channels)), jnp.float32)
+             for l in range(4)]
+  corners = rng.uniform(0, 200, (1, rois, 2))
+  boxes = jnp.asarray(np.concatenate([corners, corners + rng.uniform(4, 56, (1, rois, 2))],
+                                     -1), jnp.float32) / 4
+
+  def loss(features):
+    return jnp.sum(roi_ops.multilevel_roi_align(features, boxes, size, ratio, True) ** 2)
+
+  compiled = jax.jit(jax.grad(loss)).lower(pyramid).compile()
+  output_bytes = rois * size * size * channels * 4
+  neighbour_bytes = output_bytes * ratio * ratio * 4
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  assert temp < neighbour_bytes / 2, (temp, neighbour_bytes)
