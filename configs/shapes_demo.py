@@ -42,6 +42,8 @@ def get_config():
   d.min_size = 128
   d.max_size = 128
   d.image_size = (128, 128)
+  d.extra_canvases = ()  # square images: one square canvas
+  d.transpose_portrait = False
   d.max_instances = 16
   d.mask_size = 56
   t = c.train

@@ -25,9 +25,11 @@ def get_config():
   d = c.data
   d.dataset = 'shapes'
   d.resize_mode, d.min_size, d.max_size, d.image_size = 'square', 64, 64, (64, 64)
+  d.extra_canvases, d.transpose_portrait = (), False  # one square canvas
   d.max_instances = 8
   d.mask_size = 28
   d.random_flip = False
+  d.num_workers = 0  # in the test process; tests/data/test_loader.py covers the workers
   t = c.train
   t.base_lr, t.warmup_steps, t.lr_steps = 0.02, 0, ()
   return c

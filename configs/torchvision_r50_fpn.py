@@ -1,9 +1,10 @@
 """torchvision's `maskrcnn_resnet50_fpn` at inference, for converted weights.
 
 Mirrors torchvision 0.29 defaults: 91 classes (COCO category ids used directly as
-labels), 800/1333 resize, ImageNet normalization, RoIAlign aligned=False with sampling
-ratio 2, rounded anchors, FrozenBatchNorm eps 0 (torchvision sets it when it loads its
-weights), padding to a multiple of 32 and torchvision's mask pasting.
+labels), 800/1333 resize (its exact float32 bilinear), ImageNet normalization, RoIAlign
+aligned=False with sampling ratio 2, rounded anchors, FrozenBatchNorm eps 0 (torchvision
+sets it when it loads its weights), padding to a multiple of 32 and torchvision's mask
+pasting.
 """
 
 from maskrcnn_jax import config as base
@@ -26,6 +27,11 @@ def get_config():
   c.data.resize_mode = 'shorter_side'
   c.data.min_size = 800
   c.data.max_size = 1333
+  c.data.resize_backend = 'torch'  # torchvision's float32 resize, exactly
+  # One square canvas, no transpose: torchvision pads each batch as it comes.
+  c.data.image_size = (1344, 1344)
+  c.data.extra_canvases = ()
+  c.data.transpose_portrait = False
   c.eval.pad_to_multiple = 32
   c.eval.mask_paste = 'torchvision'
   return c

@@ -22,6 +22,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = m = ml_collections.ConfigDict()
   m.num_classes = 80  # K foreground classes; index 0 is background
   m.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
+  # The model normalizes its raw 0..255 RGB input: (x - mean) / std (Detectron2's
+  # MODEL.PIXEL_MEAN / PIXEL_STD), inside the jitted step so images travel as uint8.
+  m.pixel_mean_rgb = IMAGENET_MEAN_RGB
+  m.pixel_std_rgb = IMAGENET_STD_RGB
 
   m.backbone = ml_collections.ConfigDict()
   m.backbone.depth = 50  # 18 | 34 | 50 | 101
@@ -68,6 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
   m.roi_heads.score_threshold = 0.05
   m.roi_heads.nms_threshold = 0.5
   m.roi_heads.detections_per_image = 100
+  # (proposal, class) candidates entering detection NMS, best first (TF Model Garden's
+  # pre_nms_top_k); exact unless fewer than detections_per_image survive among them.
+  m.roi_heads.pre_nms_topk = 5000
 
   m.box_coder_clamp = math.log(1000.0 / 16)  # dw, dh clamp when decoding
 
@@ -102,16 +109,35 @@ def default_config() -> ml_collections.ConfigDict:
   d.tfds_train_split = 'train'  # splits of the prepared coco_instances (data/tfds_coco.py)
   d.tfds_val_split = 'val'
   d.resize_mode = 'shorter_side'  # shorter_side (Detectron2) | square (TPU style)
-  d.min_size = 800  # shorter side target (shorter_side mode)
+  d.min_size = 800  # shorter side target (shorter_side mode; evaluation and Predictor)
+  # Training shorter sides, one drawn per image (shorter_side mode; Detectron2's
+  # MIN_SIZE_TRAIN with 'choice' sampling); () trains at min_size.
+  d.train_min_sizes = (640, 672, 704, 736, 768, 800)
   d.max_size = 1333  # longer side cap (shorter_side mode); square side (square mode)
-  d.image_size = (1344, 1344)  # fixed padded (height, width), multiples of 64
-  d.mean_rgb = IMAGENET_MEAN_RGB
-  d.std_rgb = IMAGENET_STD_RGB
+  # How pixels are resized, in the pipeline and the Predictor alike: 'opencv' (bilinear
+  # on uint8, images travel as uint8) | 'torch' (torchvision's exact float32 resize,
+  # images travel as float32: 4x the bytes; configs/torchvision_r50_fpn.py).
+  d.resize_backend = 'opencv'
+  # The main (largest) landscape canvas, (height, width), multiples of 64: every image
+  # fits it. 832 x 1344 holds any 800 / 1333 resize once portraits are transposed.
+  d.image_size = (832, 1344)
+  # Smaller landscape canvases (h, w), multiples of 64, each inside image_size; each image
+  # goes onto the smallest one holding its largest resize (transforms.choose_canvas).
+  # At most 4 canvases in all, so at most 4 compiled shapes. Sized for COCO's 4:3 and
+  # 3:2 photos and squares at 800 / 1333.
+  d.extra_canvases = ((832, 1088), (832, 1216), (832, 832))
+  d.transpose_portrait = True  # portrait images lie transposed on the landscape canvases
+  # Large-scale jitter (Ghiasi et al. 2021; Detectron2's new baselines, TF Model Garden):
+  # training resizes each image to fit image_size * s, s ~ U(lsj_scale_range), then takes
+  # a random image_size crop (padded where smaller). Needs one canvas and no transpose;
+  # evaluation uses resize_mode.
+  d.large_scale_jitter = False
+  d.lsj_scale_range = (0.1, 2.0)
   d.max_instances = 100
   d.mask_size = 112  # ground-truth masks cropped to their box, resized to this
   d.random_flip = True
   d.filter_empty_train = True  # drop training images without (non-crowd) instances
-  d.num_workers = 2  # host threads decoding images
+  d.num_workers = 2  # grain worker processes preparing batches; 0: in the main process
   d.prefetch = 2  # batches prepared ahead
 
   c.train = t = ml_collections.ConfigDict()

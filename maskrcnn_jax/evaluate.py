@@ -1,13 +1,14 @@
 """COCO evaluation: sharded inference, masks pasted and RLE-encoded on the host, COCOeval.
 
-`Evaluator(config, dataset, mesh)` compiles the forward pass once (fixed-shape global
-batches of `config.eval.batch_size`, variables replicated, the batch sharded on 'data',
-outputs replicated so process 0 holds every image's detections). Each call streams the
-split once; while the devices run the next batches, a thread pool on process 0 moves
-finished outputs to the host, rescales boxes to original pixels, pastes the masks
+`Evaluator(config, dataset, mesh)` compiles the forward pass once per canvas (fixed-shape
+global batches of `config.eval.batch_size`, each on one canvas, raw uint8 pixels,
+variables replicated, the batch sharded on 'data', outputs replicated so process 0 holds
+every image's detections). Each call streams the split once; while the devices run the
+next batches, a thread pool on process 0 moves finished outputs to the host, undoes the
+canvas transpose of portraits, rescales boxes to original pixels, pastes the masks
 (`ops.masks.paste_mask`, box region only) and RLE-encodes them. Padding examples
-(image_id -1) of the last batch are dropped. `coco_metrics` then runs pycocotools'
-COCOeval for 'bbox' and 'segm'.
+(image_id -1) of each canvas's last batch are dropped. `coco_metrics` then runs
+pycocotools' COCOeval for 'bbox' and 'segm'.
 
 Ground truth: the split's annotation file read by pycocotools when there is one (the
 official protocol: the file's own areas, boxes and crowd regions); a TFDS split has no
@@ -19,6 +20,8 @@ then broadcast, so every process returns the same dict.
 
 import collections
 import concurrent.futures
+import contextlib
+import io
 import json
 import logging
 import os
@@ -58,7 +61,8 @@ def ground_truth(dataset: coco.CocoDataset) -> COCO:
   "unmatched").
   """
   if os.path.isfile(dataset.annotation_file):
-    return COCO(dataset.annotation_file)
+    with _quiet():
+      return COCO(dataset.annotation_file)
   images, annotations = [], []
   for record in dataset.records:
     images.append({'id': record.image_id, 'height': record.height, 'width': record.width})
@@ -83,13 +87,19 @@ def ground_truth(dataset: coco.CocoDataset) -> COCO:
   return gt
 
 
+def _quiet():
+  """Silences pycocotools' progress prints ('loading annotations...', 'DONE (t=0.1s)')."""
+  return contextlib.redirect_stdout(io.StringIO())
+
+
 def _load_results(coco_gt: COCO, results: list[dict]) -> COCO:
   """`coco_gt.loadRes` on copies of `results`; an empty list gives an empty result set.
 
   (loadRes adds keys to its input dicts and fails on an empty list.)
   """
   if results:
-    return coco_gt.loadRes([dict(r) for r in results])
+    with _quiet():
+      return coco_gt.loadRes([dict(r) for r in results])
   empty = COCO()
   empty.dataset = {'images': list(coco_gt.dataset['images']),
                    'categories': list(coco_gt.dataset['categories']), 'annotations': []}
@@ -117,9 +127,10 @@ def coco_metrics(coco_gt: COCO, bbox_results: list[dict], segm_results: list[dic
   for iou_type, results in zip(IOU_TYPES, (bbox_results, segm_results)):
     print(f'COCO {iou_type}: {len(results)} results')
     evaluator = COCOeval(coco_gt, _load_results(coco_gt, results), iou_type)
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
+    with _quiet():
+      evaluator.evaluate()
+      evaluator.accumulate()
+    evaluator.summarize()  # the table
     stats = dict(zip(STAT_NAMES, (float(s) for s in evaluator.stats)))
     # precision: [iou thresholds, recall thresholds, categories, area ranges, max dets];
     # area 'all', 100 detections, as stats[0] for one category.
@@ -152,26 +163,30 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
 
 
 def detections_to_results(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-                          mask_probs: np.ndarray, image_id: int, resized_hw: Sequence[int],
+                          mask_probs: np.ndarray, image_id: int, info: np.ndarray,
                           original_hw: Sequence[int], category_ids: Sequence[int],
                           eval_config: ml_collections.ConfigDict
                           ) -> tuple[list[dict], list[dict]]:
   """One image's valid detections -> COCO bbox and segm results in original pixels.
 
+  The canvas transpose is undone first (`transforms.to_original_orientation`), so the
+  results are those of the untransposed image through the same geometry.
+
   Args:
-    boxes: [n, 4] float32 x1y1x2y2 in the resized frame.
+    boxes: [n, 4] float32 x1y1x2y2 in the canvas frame.
     scores: [n] float32.
     classes: [n] int32 classes 1..K.
-    mask_probs: [n, M, M] float32 mask probabilities over each box.
+    mask_probs: [n, M, M] float32 mask probabilities over each box, canvas frame.
     image_id: the dataset image id.
-    resized_hw: (resized height, resized width), from image_info.
+    info: [5] float32, the image's image_info row (maskrcnn_jax/image_info.py).
     original_hw: (height, width) of the original image.
     category_ids: dataset category id of each class 1..K.
     eval_config: `config.eval` (mask_threshold, mask_paste).
   """
   height, width = original_hw
-  boxes = transforms.resize_boxes(boxes, int(resized_hw[0]), int(resized_hw[1]),
-                                  height, width)
+  boxes, mask_probs, (resized_h, resized_w) = transforms.to_original_orientation(
+      np.asarray(boxes, np.float32), np.asarray(mask_probs), info)
+  boxes = transforms.resize_boxes(boxes, resized_h, resized_w, height, width)
   bbox_results, segm_results = [], []
   for box, score, label, probs in zip(boxes, scores, classes, mask_probs):
     common = {'image_id': int(image_id), 'category_id': int(category_ids[int(label) - 1]),
@@ -262,7 +277,7 @@ class Evaluator:
       boxes, segms = detections_to_results(
           outputs['boxes'][i][keep], outputs['scores'][i][keep],
           outputs['classes'][i][keep], outputs['masks'][i][keep], int(image_id),
-          outputs['image_info'][i][:2], (image['height'], image['width']),
+          outputs['image_info'][i], (image['height'], image['width']),
           self._category_ids, self._config.eval)
       bbox_results += boxes
       segm_results += segms
@@ -306,7 +321,9 @@ class Evaluator:
         # Bounds the device memory held by outputs waiting for the host.
         while len(pending) > 2 * num_threads:
           collect_oldest()
-        bar.update(min(self.batch_size, len(self._dataset) - bar.n))
+        # Each canvas's last batch holds padding examples; hosts hold equal shares.
+        real = int(np.sum(batch['image_id'] != pipeline.PADDING_IMAGE_ID))
+        bar.update(min(real * jax.process_count(), len(self._dataset) - bar.n))
       while pending:
         collect_oldest()
     bar.close()

@@ -10,6 +10,7 @@ import pytest
 
 from maskrcnn_jax import config as config_lib
 from maskrcnn_jax import optimizer
+from maskrcnn_jax.data import transforms
 from tests.conftest import REPO_ROOT
 
 CONFIGS = REPO_ROOT / 'configs'
@@ -54,8 +55,12 @@ def _check_config(config):
   assert config.model.num_classes > 0
   height, width = config.data.image_size
   assert height % 64 == 0 and width % 64 == 0, 'padded image sizes are multiples of 64'
-  # The longer resized side is at most max_size in both resize modes: it must fit.
-  assert config.data.max_size <= min(height, width)
+  # Every image, portrait or landscape, at any training or test scale, gets a canvas.
+  transforms.canvas_sizes(config.data)
+  for size in ((10, 1000), (1000, 10), (500, 500), (480, 640), (640, 480)):
+    for train in (False, True):
+      canvas = transforms.choose_canvas(*size, config.data, train)
+      assert canvas.height % 64 == 0 and canvas.width % 64 == 0
   with pytest.raises(AttributeError, match='nms_treshold'):
     config.model.rpn.nms_treshold = 0.5  # misspelled on purpose
 

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -22,6 +23,7 @@ from maskrcnn_jax.data import shapes
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.predictor import Predictor
 from tests.conftest import REPO_ROOT
+from tests.conftest import load_config
 from tests.test_train import tiny_config
 
 
@@ -179,8 +181,8 @@ def _random_variables(config):
   height, width = config.data.image_size
   shapes_tree = jax.eval_shape(
       mask_rcnn.MaskRCNN(config.model).init, jax.random.key(0),
-      np.zeros((1, height, width, 3), np.float32),
-      np.array([[height, width, 1.0, 0.0]], np.float32))
+      np.zeros((1, height, width, 3), np.uint8),
+      np.array([[height, width, 1.0, 0.0, 0.0]], np.float32))
   rng = np.random.default_rng(0)
 
   def fill(path, leaf):
@@ -256,3 +258,108 @@ def test_script_evaluates_a_checkpoint_and_names_a_missing_one(tmp_path):
                           capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert str(missing) in result.stderr
+
+
+def test_transposed_detections_give_the_untransposed_results():
+  rng = np.random.default_rng(0)
+  boxes = np.array([[3.0, 5.5, 40.0, 20.25], [10.0, 1.0, 12.5, 30.0]], np.float32)
+  probs = rng.random((2, 28, 28)).astype(np.float32)
+  scores, classes = np.array([0.9, 0.4], np.float32), np.array([1, 2], np.int32)
+  eval_config = load_config('tiny').eval
+  info = np.array([48, 32, 0.5, 0, 0], np.float32)  # resized 48 x 32 of a 96 x 64 image
+  plain = evaluate.detections_to_results(boxes, scores, classes, probs, 7, info, (96, 64),
+                                         (1, 3), eval_config)
+  # The same detections of the image lying transposed (32 x 48) on a landscape canvas.
+  transposed_info = np.array([32, 48, 0.5, 0, 1], np.float32)
+  transposed = evaluate.detections_to_results(
+      boxes[:, [1, 0, 3, 2]], scores, classes, probs.transpose(0, 2, 1), 7, transposed_info,
+      (96, 64), (1, 3), eval_config)
+  assert plain == transposed
+  np.testing.assert_allclose(plain[0][0]['bbox'], [6.0, 11.0, 74.0, 29.5])
+  assert mask_util.decode(plain[1][0]['segmentation']).shape == (96, 64)
+
+
+
+
+def test_predictor_runs_each_canvas_once_and_undoes_the_transpose(tmp_path):
+  config = _eval_config(tmp_path / 'data')
+  d = config.data
+  # Unresized inputs (longer side 96) on two canvases: 64 x 128 landscapes (portraits
+  # transposed onto it) and 128 x 128.
+  d.min_size = d.max_size = 96
+  d.image_size, d.extra_canvases, d.transpose_portrait = (128, 128), ((64, 128),), True
+  predictor = Predictor(config, _random_variables(config))
+  rng = np.random.default_rng(0)
+  landscape = rng.integers(0, 256, (48, 96, 3), dtype=np.uint8)
+  square = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+  portrait = landscape.transpose(1, 0, 2)
+  results = predictor.predict_batch([landscape, square, portrait])
+  assert predictor.num_compilations == 2
+  by_landscape, by_portrait = results[0], results[2]
+  assert len(by_landscape['boxes']) > 0
+  np.testing.assert_array_equal(by_portrait['boxes'], by_landscape['boxes'][:, [1, 0, 3, 2]])
+  np.testing.assert_array_equal(by_portrait['scores'], by_landscape['scores'])
+  np.testing.assert_array_equal(by_portrait['classes'], by_landscape['classes'])
+  np.testing.assert_array_equal(by_portrait['masks'], by_landscape['masks'].transpose(0, 2, 1))
+  assert by_portrait['masks'].shape[1:] == (96, 48)
+  # The square image alone gives what it gave in the mixed batch.
+  alone = predictor(square)
+  np.testing.assert_array_equal(alone['boxes'], results[1]['boxes'])
+  assert predictor.num_compilations == 2
+
+
+def _mixed_orientation_split(root):
+  """A COCO val folder of landscape, portrait and square images (one square instance each).
+
+  The portrait is the transpose of the first landscape, so its detections must be the
+  transposed ones.
+  """
+  rng = np.random.default_rng(3)
+  landscape = rng.integers(0, 256, (48, 96, 3), dtype=np.uint8)
+  pixels = [landscape, rng.integers(0, 256, (48, 96, 3), dtype=np.uint8),
+            landscape.transpose(1, 0, 2), rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)]
+  os.makedirs(root / 'val')
+  images, annotations = [], []
+  for i, image in enumerate(pixels, start=1):
+    Image.fromarray(image).save(root / 'val' / f'{i}.png')
+    height, width = image.shape[:2]
+    images.append({'id': i, 'file_name': f'{i}.png', 'height': height, 'width': width})
+    annotations.append({'id': i, 'image_id': i, 'category_id': 1 + i % 4, 'iscrowd': 0,
+                        'bbox': [4, 6, 20, 30], 'area': 600.0,
+                        'segmentation': [[4, 6, 24, 6, 24, 36, 4, 36]]})
+  path = root / 'instances_val.json'
+  path.write_text(json.dumps({'images': images, 'annotations': annotations,
+                              'categories': list(shapes.CATEGORIES)}))
+  return str(path), str(root / 'val')
+
+
+def test_evaluator_on_two_canvases_matches_the_predictor(tmp_path):
+  config = _eval_config(tmp_path / 'data')
+  d = config.data
+  d.val_annotations, d.val_images = _mixed_orientation_split(tmp_path / 'mixed')
+  d.min_size = d.max_size = 96  # unresized: the portrait is exactly the transposed landscape
+  d.image_size, d.extra_canvases, d.transpose_portrait = (128, 128), ((64, 128),), True
+  variables = _random_variables(config)
+  dataset = pipeline.load_split(d, 'val')
+  evaluator = evaluate.Evaluator(config, dataset, parallel.data_mesh())
+  workdir = tmp_path / 'eval'
+  evaluator(variables, workdir=str(workdir), progress=False)
+  assert evaluator.forward._cache_size() == 2  # pylint: disable=protected-access
+  bbox_results = json.loads((workdir / 'results_bbox.json').read_text())
+  segm_results = json.loads((workdir / 'results_segm.json').read_text())
+  predictor = Predictor(config, variables, dataset.category_ids)
+  for record in dataset.records:
+    expected = predictor(coco.read_image(record))
+    boxes = np.array([r['bbox'] for r in bbox_results if r['image_id'] == record.image_id])
+    segms = [r for r in segm_results if r['image_id'] == record.image_id]
+    assert len(boxes) == len(expected['boxes']) > 0
+    np.testing.assert_allclose(boxes[:, :2], expected['boxes'][:, :2], atol=1e-3)
+    np.testing.assert_allclose(boxes[:, :2] + boxes[:, 2:], expected['boxes'][:, 2:],
+                               atol=1e-3)
+    masks = np.stack([mask_util.decode(r['segmentation']) for r in segms]).astype(bool)
+    assert masks.shape == expected['masks'].shape
+    assert np.mean(masks != expected['masks']) < 1e-3
+  # The portrait (image 3) is the transposed landscape (image 1): so are its results.
+  first, third = ([r for r in bbox_results if r['image_id'] == i] for i in (1, 3))
+  np.testing.assert_allclose([r['bbox'] for r in third],
+                             [np.array(r['bbox'])[[1, 0, 3, 2]] for r in first], atol=1e-4)

@@ -1,37 +1,38 @@
 """Fixed-shape NumPy batches from a COCO-format dataset (host side; no jax).
 
-One example: read and decode the image, resize (`data.resize_mode`), maybe flip,
-normalize, pad to `data.image_size`; keep the first `data.max_instances` instances
-(boxes in resized pixels, each gt mask cropped from the ORIGINAL-image mask over its
-original box to `data.mask_size`, flipped with the image) and pad the rest. Keys, shapes
-and dtypes are DESIGN.md's batch table (B = per-host batch, N = max_instances,
-S = mask_size):
-  images [B, H, W, 3] float32, image_info [B, 4] float32 (resized h, resized w, scale,
-  flipped), gt_boxes [B, N, 4] float32, gt_classes [B, N] int32, gt_masks [B, N, S, S]
-  uint8, gt_is_crowd [B, N] bool, image_id [B] int64.
+One example (`prepare_example`): read and decode the image; resize it with
+`data.resize_backend` (training: the scale augmentation or large-scale jitter of
+data/augment.py; else the test resize `data.resize_mode`); maybe flip it, crop it (LSJ)
+and transpose it (a portrait on a landscape canvas, `transforms.choose_canvas`); pad it
+with zeros onto its canvas as raw RGB, uint8 (float32 with data.resize_backend =
+'torch'; the model normalizes on the device). Keep the first `data.max_instances`
+instances (boxes in the canvas frame, each gt mask cropped from the ORIGINAL-image mask
+over its original box, or over the part of it a crop keeps, to `data.mask_size`, then
+flipped and transposed with the image; instances a crop leaves empty are dropped) and
+pad the rest. Keys, shapes and dtypes are DESIGN.md's batch table (B = per-host batch,
+H x W = the batch's canvas, N = max_instances, S = mask_size):
+  images [B, H, W, 3] uint8 (or float32), image_info [B, 5] float32
+  (maskrcnn_jax/image_info.py: resized h, resized w, scale, flipped, transposed),
+  gt_boxes [B, N, 4] float32, gt_classes [B, N] int32, gt_masks [B, N, S, S] uint8,
+  gt_is_crowd [B, N] bool, image_id [B] int64.
 
-Order: global step s holds the examples at positions [s * G, (s + 1) * G) of a stream
-(G = global batch), host p the slice [p * B, (p + 1) * B) of it. Training streams epoch
-after epoch, each a permutation of the dataset drawn from (seed, epoch), and the flip of
-each position from (seed, position): batches depend only on (seed, step, host), so any
-step can be resumed in O(1). Evaluation streams the dataset once in file order; positions
-past its end are padding examples with image_id -1 and no instances.
-
-Examples are prepared in a thread pool (`data.num_workers`), `data.prefetch` batches
-ahead of the consumer, each written straight into its batch's preallocated arrays.
+Order and workers: `Batches` (data/loader.py's `StepPlan` and grain worker processes).
+Every batch lies on one canvas; global step s holds G examples (G = global batch), host p
+the slice [p * B, (p + 1) * B) of them; batches depend only on (seed, step, host), so any
+step resumes in O(1) and the worker count does not change them.
 """
 
-import collections
-import concurrent.futures
 import logging
-import math
-from typing import Iterator
+import time
+from typing import Iterator, Sequence
 
 import ml_collections
 import numpy as np
 
+from maskrcnn_jax import image_info
+from maskrcnn_jax.data import augment
 from maskrcnn_jax.data import coco
-from maskrcnn_jax.data import tfds_coco
+from maskrcnn_jax.data import loader
 from maskrcnn_jax.data import transforms
 from maskrcnn_jax.ops import masks as mask_ops
 
@@ -50,6 +51,8 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> coco.CocoD
   if split not in ('train', 'val'):
     raise ValueError(f"split must be 'train' or 'val'; got {split!r}")
   if data_config.dataset == 'tfds':
+    # Imported here: tensorflow_datasets is heavy, and only this dataset kind needs it.
+    from maskrcnn_jax.data import tfds_coco  # pylint: disable=import-outside-toplevel
     return tfds_coco.load_tfds(
         data_config.tfds_data_dir, data_config[f'tfds_{split}_split'],
         name=data_config.tfds_name or tfds_coco.NAME,
@@ -64,13 +67,20 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> coco.CocoD
                         filter_empty=False)
 
 
-def empty_batch(batch_size: int, data_config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """A batch of padding examples (zeros, image_id -1), with the batch table's shapes."""
-  height, width = data_config.image_size
+def empty_batch(batch_size: int, data_config: ml_collections.ConfigDict,
+                canvas_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+  """A batch of padding examples (zeros, image_id -1), with the batch table's shapes.
+
+  Args:
+    batch_size: B.
+    data_config: `config.data`.
+    canvas_hw: (H, W) of the images; None: data.image_size (the main canvas).
+  """
+  height, width = data_config.image_size if canvas_hw is None else canvas_hw
   n, s = data_config.max_instances, data_config.mask_size
   return {
-      'images': np.zeros((batch_size, height, width, 3), np.float32),
-      'image_info': np.zeros((batch_size, 4), np.float32),
+      'images': np.zeros((batch_size, height, width, 3), transforms.image_dtype(data_config)),
+      'image_info': np.zeros((batch_size, image_info.SIZE), np.float32),
       'gt_boxes': np.zeros((batch_size, n, 4), np.float32),
       'gt_classes': np.zeros((batch_size, n), np.int32),
       'gt_masks': np.zeros((batch_size, n, s, s), np.uint8),
@@ -79,41 +89,216 @@ def empty_batch(batch_size: int, data_config: ml_collections.ConfigDict) -> dict
   }
 
 
-def fill_example(batch: dict[str, np.ndarray], slot: int, record: coco.ImageRecord,
-                 data_config: ml_collections.ConfigDict, flip: bool) -> None:
-  """Prepares one record (see the module docstring) into slot `slot` of an `empty_batch`."""
-  cfg = data_config
-  height, width = record.height, record.width
-  new_h, new_w, scale = transforms.resize_shape(height, width, cfg.resize_mode, cfg.min_size,
-                                                cfg.max_size)
-  pad_h, pad_w = cfg.image_size
-  if new_h > pad_h or new_w > pad_w:
-    raise ValueError(f'{record.path} (image id {record.image_id}) resizes to {new_h} x '
-                     f'{new_w}, larger than data.image_size {tuple(cfg.image_size)}')
-  pixels = transforms.resize_image(coco.read_image(record), new_h, new_w)
-  n = min(record.num_instances, cfg.max_instances)
-  boxes = transforms.resize_boxes(record.boxes[:n], height, width, new_h, new_w)
-  crops = batch['gt_masks'][slot]
-  for i in range(n):
-    mask = coco.decode_masks(record, [i])[0]
-    crops[i] = mask_ops.crop_and_resize_mask(mask, record.boxes[i], cfg.mask_size)
-  if flip:
+def _slot_views(batch: dict[str, np.ndarray], slot: int) -> dict[str, np.ndarray]:
+  """Writable views of one slot of a batch (image_id a 0-d array, not a copied scalar)."""
+  return {key: value[slot:slot + 1].reshape(value.shape[1:]) for key, value in batch.items()}
+
+
+class _StageTimer:
+  """Adds the seconds since the previous lap to `seconds[stage]` (a no-op without a dict)."""
+
+  def __init__(self, seconds: dict | None):
+    self._seconds = seconds
+    self._last = time.perf_counter() if seconds is not None else 0.0
+
+  def lap(self, stage: str) -> None:
+    if self._seconds is not None:
+      now = time.perf_counter()
+      self._seconds[stage] = self._seconds.get(stage, 0.0) + now - self._last
+      self._last = now
+
+
+def _write_example(out: dict[str, np.ndarray], record: coco.ImageRecord,
+                   data_config: ml_collections.ConfigDict, canvas: transforms.Canvas,
+                   geometry: augment.Geometry, stage_seconds: dict | None) -> None:
+  """Writes one record, mapped by `geometry` onto `canvas`, into zeroed per-example arrays.
+
+  `out` holds the batch table's keys without the batch dim (views into a batch or not).
+  """
+  cfg, g = data_config, geometry
+  timer = _StageTimer(stage_seconds)
+  # The window must fit the canvas in the image's own orientation.
+  fit_h, fit_w = (canvas.width, canvas.height) if canvas.transpose else (canvas.height,
+                                                                          canvas.width)
+  if g.crop_height > fit_h or g.crop_width > fit_w:
+    raise ValueError(
+        f'{record.path} (image id {record.image_id}) resizes to {g.crop_height} x '
+        f'{g.crop_width}{" (transposed)" if canvas.transpose else ""}, larger than its '
+        f'canvas {canvas.height} x {canvas.width} (data.image_size / data.extra_canvases)')
+  pixels = coco.read_image(record)
+  timer.lap('decode')
+
+  pixels = transforms.resize_pixels(pixels, g.new_height, g.new_width, cfg)
+  if g.flip:
     pixels = transforms.flip_image(pixels)
-    boxes = transforms.flip_boxes(boxes, new_w)
-    crops[:n] = crops[:n, :, ::-1].copy()
-  batch['images'][slot, :new_h, :new_w] = transforms.normalize_image(pixels, cfg.mean_rgb,
-                                                                     cfg.std_rgb)
-  batch['image_info'][slot] = [new_h, new_w, scale, float(flip)]
-  for key, values in (('gt_boxes', boxes), ('gt_classes', record.classes[:n]),
-                      ('gt_is_crowd', record.is_crowd[:n])):
-    batch[key][slot, :n] = values
-  batch['image_id'][slot] = record.image_id
+  pixels = pixels[g.crop_y:g.crop_y + g.crop_height, g.crop_x:g.crop_x + g.crop_width]
+  if canvas.transpose:
+    pixels = transforms.transpose_image(pixels)
+  timer.lap('resize')
+  out['images'][:pixels.shape[0], :pixels.shape[1]] = pixels
+  out['image_info'][:] = image_info.make(pixels.shape[0], pixels.shape[1], g.scale, g.flip,
+                                         canvas.transpose)
+  out['image_id'][...] = record.image_id
+  timer.lap('pad')
+
+  boxes = transforms.resize_boxes(record.boxes, record.height, record.width, g.new_height,
+                                  g.new_width)
+  if g.flip:
+    boxes = transforms.flip_boxes(boxes, g.new_width)
+  clipped = np.zeros(len(boxes), bool)
+  kept = np.arange(record.num_instances)
+  if g.cropped:
+    boxes, keep, clipped = augment.crop_boxes(boxes, g)
+    kept = np.flatnonzero(keep)  # crowd flags and classes move with their instances
+  kept = kept[:cfg.max_instances]
+  n = len(kept)
+  crops = out['gt_masks']
+  for slot, i in enumerate(kept):
+    # A clipped box crops the original mask over the part of it that stays in the window.
+    source_box = (augment.window_box_to_original(boxes[i], record.height, record.width, g)
+                  if clipped[i] else record.boxes[i])
+    crop = mask_ops.crop_and_resize_mask(coco.decode_masks(record, [i])[0], source_box,
+                                         cfg.mask_size)
+    if g.flip:
+      crop = crop[:, ::-1]
+    crops[slot] = crop.T if canvas.transpose else crop
+  boxes = boxes[kept]
+  out['gt_boxes'][:n] = transforms.transpose_boxes(boxes) if canvas.transpose else boxes
+  out['gt_classes'][:n] = record.classes[kept]
+  out['gt_is_crowd'][:n] = record.is_crowd[kept]
+  timer.lap('masks')
+
+
+def prepare_example(record: coco.ImageRecord, data_config: ml_collections.ConfigDict,
+                    canvas: transforms.Canvas, rng: np.random.Generator | None,
+                    stage_seconds: dict | None = None) -> dict[str, np.ndarray]:
+  """One example (the module docstring) on `canvas`: the batch table's keys, no batch dim.
+
+  Args:
+    record: the image and its instances.
+    data_config: `config.data`.
+    canvas: `transforms.choose_canvas(record.height, record.width, data_config, train)`.
+    rng: None for evaluation (test resize, no flip); else flip (data.random_flip) and the
+      scale augmentation or large-scale jitter are drawn from it (data/augment.py).
+    stage_seconds: when given, seconds per stage ('decode', 'resize', 'pad', 'masks') are
+      added to it.
+
+  Returns:
+    images [H, W, 3] uint8 or float32 (H, W = the canvas), image_info [5] float32,
+    gt_boxes [N, 4] float32, gt_classes [N] int32, gt_masks [N, S, S] uint8,
+    gt_is_crowd [N] bool, image_id [] int64.
+  """
+  out = _slot_views(empty_batch(1, data_config, (canvas.height, canvas.width)), 0)
+  geometry = augment.draw_geometry(record.height, record.width, data_config, canvas, rng)
+  _write_example(out, record, data_config, canvas, geometry, stage_seconds)
+  return out
+
+
+def fill_example(batch: dict[str, np.ndarray], slot: int, record: coco.ImageRecord,
+                 data_config: ml_collections.ConfigDict, flip: bool = False) -> None:
+  """Prepares one record at the test resize, maybe flipped, into slot `slot` of a batch.
+
+  The batch's canvas is its images' shape, one of the config's canvases (`empty_batch`'s
+  default, the main one, holds every image); the record is transposed onto it as
+  `choose_canvas` says. No scale augmentation: training draws it in `prepare_example`.
+  """
+  size = tuple(batch['images'].shape[1:3])
+  sizes = transforms.canvas_sizes(data_config)
+  if size not in sizes:
+    raise ValueError(f'batch images of {size[0]} x {size[1]} are on none of the canvases '
+                     f'{sizes} (data.image_size / data.extra_canvases)')
+  transpose = transforms.choose_canvas(record.height, record.width, data_config,
+                                       train=False).transpose
+  canvas = transforms.Canvas(sizes.index(size), *size, transpose)
+  geometry = augment.eval_geometry(record.height, record.width, data_config, flip)
+  _write_example(_slot_views(batch, slot), record, data_config, canvas, geometry, None)
+
+
+class _HostBatch:
+  """Global step -> this host's batch: one canvas, each example prepared onto it.
+
+  Picklable and small (the records travel as a `loader.RecordStore` or a lazy sequence):
+  it runs in the loader's worker processes. Example j of global step s is stream
+  position p = s * G + offset + j; in training its flip and scale come from
+  `np.random.default_rng([seed, p, 1])`, so a batch depends only on (seed, step, host).
+  """
+
+  def __init__(self, records: Sequence[coco.ImageRecord], plan: loader.StepPlan,
+               canvas_sizes: Sequence[tuple[int, int]], transposed: np.ndarray,
+               data_config: ml_collections.ConfigDict, global_batch_size: int,
+               batch_size: int, offset: int, train: bool, seed: int, in_worker: bool):
+    self._records = records
+    self._plan = plan
+    self._canvas_sizes = canvas_sizes  # (height, width) of each canvas index
+    self._transposed = transposed  # [num_records] bool: the record lies transposed
+    self._config = data_config
+    self._global_batch = global_batch_size
+    self._batch = batch_size
+    self._offset = offset
+    self._train = train
+    self._seed = seed
+    self._in_worker = in_worker  # runs in a worker process: batches in shared memory
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    canvas_index, indices = self._plan.step(step)
+    height, width = self._canvas_sizes[canvas_index]
+    batch = empty_batch(self._batch, self._config, canvas_hw=(height, width))
+    if self._in_worker:  # the large arrays are zeros, as a fresh shared segment is
+      batch.update({key: loader.shared_zeros(value.shape, value.dtype)
+                    for key, value in batch.items() if value.nbytes >= 1 << 16})
+    for slot in range(self._batch):
+      index = int(indices[self._offset + slot])
+      if index == loader.PADDING_INDEX:
+        continue
+      position = step * self._global_batch + self._offset + slot
+      rng = np.random.default_rng([self._seed, position, 1]) if self._train else None
+      canvas = transforms.Canvas(canvas_index, height, width, bool(self._transposed[index]))
+      example = prepare_example(self._records[index], self._config, canvas, rng)
+      # Only the valid region and instances: the rest is zeros in both, and pages of a
+      # fresh shared segment that are never written cost nothing.
+      valid_h, valid_w = (int(v) for v in image_info.resized_hw(example['image_info']))
+      num = int(np.count_nonzero(example['gt_classes']))
+      batch['images'][slot, :valid_h, :valid_w] = example['images'][:valid_h, :valid_w]
+      batch['gt_masks'][slot, :num] = example['gt_masks'][:num]
+      for key, value in example.items():
+        if key not in ('images', 'gt_masks'):
+          batch[key][slot] = value
+    return batch
+
+
+def _record_canvases(dataset: coco.CocoDataset, data_config: ml_collections.ConfigDict,
+                     train: bool) -> tuple[np.ndarray, np.ndarray]:
+  """[num_records] int canvas index and [num_records] bool transposed of each record.
+
+  `transforms.choose_canvas` once per distinct original size (COCO has a few thousand).
+  """
+  sizes = np.array([(r.height, r.width) for r in dataset.records], np.int64).reshape(-1, 2)
+  distinct, inverse = np.unique(sizes, axis=0, return_inverse=True)
+  canvases = []
+  for i, (height, width) in enumerate(distinct):
+    try:
+      canvases.append(transforms.choose_canvas(int(height), int(width), data_config, train))
+    except ValueError as e:
+      record = dataset.records[int(np.flatnonzero(inverse.ravel() == i)[0])]
+      raise ValueError(f'{record.source}: image id {record.image_id} ({record.path}): {e}'
+                       ) from e
+  inverse = inverse.ravel()
+  return (np.array([c.index for c in canvases], np.int64)[inverse],
+          np.array([c.transpose for c in canvases], bool)[inverse])
 
 
 class Batches:
-  """Iterator of per-host batches (dicts of NumPy arrays, see the module docstring).
+  """Iterator of per-host batches (dicts of NumPy arrays, the batch table's keys).
 
-  Use as a context manager, or call `close()`, to stop the worker threads.
+  Every batch lies on one canvas (its images' shape), the same on every host at a step;
+  the order is `loader.StepPlan`'s, so batches depend only on (seed, step, host) and
+  not on the number of workers. `data.num_workers` grain processes (0: the calling
+  process) prepare them, `data.prefetch` batches ahead of the consumer.
+  `wait_seconds` is the time the consumer has spent waiting in `__next__` (cumulative;
+  the first batch includes the workers' start-up). Use as a context manager, or call
+  `close()`, to stop the workers. A worker's error is raised by `__next__` (a bad
+  image or annotation names its file and image id); a worker that dies raises a
+  RuntimeError within about a second.
   """
 
   def __init__(self, dataset: coco.CocoDataset, data_config: ml_collections.ConfigDict,
@@ -125,9 +310,9 @@ class Batches:
       dataset: the split to read.
       data_config: `config.data`.
       global_batch_size: examples per step over all hosts; divisible by process_count.
-      train: shuffle, flip (if `data.random_flip`) and repeat forever; else one pass in
-        file order, the last batch padded, no flip.
-      seed: order and flip seed (training).
+      train: shuffle, augment (flip, scale) and repeat forever; else one pass, grouped
+        by canvas, each canvas's last batch padded with padding examples (image_id -1).
+      seed: order and augmentation seed (training).
       start_step: first global step to produce (resumption).
       process_index: this host, 0..process_count - 1 (`jax.process_index()`).
       process_count: number of hosts (`jax.process_count()`).
@@ -137,78 +322,45 @@ class Batches:
                        f'{process_count} hosts')
     if not len(dataset):
       raise ValueError(f'{dataset.annotation_file}: no images to read')
-    self._dataset = dataset
-    self._config = data_config
-    self._global_batch = global_batch_size
-    self._batch = global_batch_size // process_count
-    self._train = train
-    self._seed = seed
-    self._offset = process_index * self._batch
-    self._next_step = start_step  # the next step to submit to the workers
-    self.num_steps = None if train else math.ceil(len(dataset) / global_batch_size)
     truncated = int(np.sum(dataset.instance_counts > data_config.max_instances))
     logging.log(logging.WARNING if truncated else logging.INFO,
                 '%s: %d of %d images have more than data.max_instances = %d instances and '
                 'keep only the first %d', dataset.annotation_file, truncated, len(dataset),
                 data_config.max_instances, data_config.max_instances)
-    self._permutations = {}
-    self._pool = concurrent.futures.ThreadPoolExecutor(max(data_config.num_workers, 1))
-    self._pending = collections.deque()  # (batch, futures) of submitted steps, in order
-    for _ in range(max(data_config.prefetch, 1)):
-      self._submit_next()
-
-  def _permutation(self, epoch: int) -> np.ndarray:
-    """[len(dataset)] int64 order of an epoch; the last two are cached (a batch may span two)."""
-    if epoch not in self._permutations:
-      self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
-      self._permutations[epoch] = np.random.default_rng(
-          [self._seed, epoch]).permutation(len(self._dataset))
-    return self._permutations[epoch]
-
-  def _index_and_flip(self, position: int) -> tuple[int | None, bool]:
-    """The record index at a stream position (None for padding) and whether to flip it."""
-    size = len(self._dataset)
-    if not self._train:
-      return (position if position < size else None), False
-    epoch, index = divmod(position, size)
-    flip = self._config.random_flip and np.random.default_rng(
-        [self._seed, position, 1]).random() < 0.5
-    return int(self._permutation(epoch)[index]), bool(flip)
-
-  def _fill(self, batch: dict[str, np.ndarray], slot: int, index: int, flip: bool) -> None:
-    """Worker task: reads record `index` (lazy records read here, in parallel) into a slot."""
-    fill_example(batch, slot, self._dataset.records[index], self._config, flip)
-
-  def _submit_next(self) -> None:
-    """Starts preparing the next step of this host (none past the end of evaluation)."""
-    step = self._next_step
-    if self.num_steps is not None and step >= self.num_steps:
-      return
-    self._next_step += 1
-    batch = empty_batch(self._batch, self._config)
-    futures = []
-    first = step * self._global_batch + self._offset
-    for slot in range(self._batch):
-      index, flip = self._index_and_flip(first + slot)
-      if index is not None:
-        futures.append(self._pool.submit(self._fill, batch, slot, index, flip))
-    self._pending.append((batch, futures))
+    canvas_sizes = transforms.canvas_sizes(data_config)  # config errors before image errors
+    record_canvas, transposed = _record_canvases(dataset, data_config, train)
+    plan = loader.StepPlan(record_canvas, canvas_sizes, global_batch_size, train=train,
+                           seed=seed)
+    self.num_steps = plan.num_steps
+    self.wait_seconds = 0.0
+    workers = data_config.num_workers
+    # A list would be pickled whole to each worker; the store sends a file name. Lazy
+    # records (TFDS) already travel as a reader.
+    self._store = loader.RecordStore(dataset.records) if workers and isinstance(
+        dataset.records, list) else None
+    records = dataset.records if self._store is None else self._store
+    batch = global_batch_size // process_count
+    make_batch = _HostBatch(records, plan, canvas_sizes, transposed, data_config,
+                            global_batch_size, batch, process_index * batch, train, seed,
+                            in_worker=workers > 0)
+    self._iterator = loader.iterate(make_batch, start_step, self.num_steps, workers,
+                                    data_config.prefetch)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    if not self._pending:
-      raise StopIteration
-    batch, futures = self._pending.popleft()
-    self._submit_next()  # keeps `data.prefetch` steps in flight while this one finishes
-    for future in futures:
-      future.result()  # re-raises a worker's error, naming the file and id
-    return batch
+    start = time.perf_counter()
+    try:
+      batch = next(self._iterator)
+    finally:
+      self.wait_seconds += time.perf_counter() - start
+    return {key: np.asarray(value) for key, value in batch.items()}  # plain views of shm
 
   def close(self) -> None:
-    self._pending.clear()
-    self._pool.shutdown(wait=True, cancel_futures=True)
+    self._iterator.close()
+    if self._store is not None:
+      self._store.close()
 
   def __enter__(self) -> 'Batches':
     return self

@@ -7,7 +7,11 @@ from: `backbone` <- `backbone.body.`, `fpn` <- `backbone.fpn.`, `rpn` <- `rpn.he
 model/roi_heads.py).
 
 Anchors are NumPy constants computed at trace time from the static padded image shape,
-so one compilation serves every batch of that shape.
+so one compilation serves every batch of that shape (one per canvas).
+
+Input: raw RGB pixels on 0..255 (uint8 from the input pipeline, float32 from the
+Predictor's torch-exact resize), zero-padded at the bottom/right; `normalize_images`
+normalizes them on the device, as the first op of `propose`.
 """
 
 import functools
@@ -19,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from maskrcnn_jax import image_info as info_lib
 from maskrcnn_jax.model import fpn as fpn_lib
 from maskrcnn_jax.model import losses as losses_lib
 from maskrcnn_jax.model import postprocess
@@ -31,6 +36,30 @@ from maskrcnn_jax.ops import masks as mask_ops
 
 _RPN_LEVELS = (2, 3, 4, 5, 6)
 _ROI_LEVELS = (2, 3, 4, 5)
+
+
+def normalize_images(images: jax.Array, image_info: jax.Array, mean_rgb, std_rgb,
+                     dtype) -> jax.Array:
+  """(images - mean) / std inside each image's valid region, 0 in its padding.
+
+  Args:
+    images: [B, H, W, 3] uint8 | float32 raw RGB on 0..255, padded bottom/right.
+    image_info: [B, 5] float32 (maskrcnn_jax/image_info.py); the valid region is
+      rows < resized height, columns < resized width.
+    mean_rgb: [3] per-channel mean (config model.pixel_mean_rgb).
+    std_rgb: [3] per-channel std (config model.pixel_std_rgb).
+    dtype: compute dtype of the result.
+
+  Returns:
+    [B, H, W, 3] in `dtype`; float32 arithmetic, as the host normalization it replaces.
+  """
+  height, width = images.shape[1:3]
+  rows = jnp.arange(height)[None, :, None] < info_lib.resized_height(image_info)[:, None, None]
+  cols = jnp.arange(width)[None, None, :] < info_lib.resized_width(image_info)[:, None, None]
+  mean = jnp.asarray(mean_rgb, jnp.float32)
+  std = jnp.asarray(std_rgb, jnp.float32)
+  normalized = (images.astype(jnp.float32) - mean) / std
+  return jnp.where((rows & cols)[..., None], normalized, 0.0).astype(dtype)
 
 
 def _merge_images(*trees):
@@ -91,8 +120,9 @@ class MaskRCNN(nn.Module):
     """FPN features, RPN outputs and proposals.
 
     Args:
-      images: [B, H, W, 3] float32, normalized, padded (H, W multiples of 64).
-      image_info: [B, 4] float32 (resized h, resized w, scale, flipped).
+      images: [B, H, W, 3] uint8 | float32 raw RGB 0..255, zero-padded (H, W multiples
+        of 64).
+      image_info: [B, 5] float32 (maskrcnn_jax/image_info.py).
       train: use the `*_train` proposal counts instead of `*_test`.
 
     Returns:
@@ -103,7 +133,8 @@ class MaskRCNN(nn.Module):
       proposal_scores: [B, P] float32 logits (see `rpn.select_proposals`).
     """
     c = self.config
-    features = self.fpn(self.backbone(images))
+    features = self.fpn(self.backbone(normalize_images(
+        images, image_info, c.pixel_mean_rgb, c.pixel_std_rgb, jnp.dtype(c.dtype))))
     objectness, deltas = self.rpn([features[f'p{l}'] for l in _RPN_LEVELS])
     anchors = self._anchors(images.shape[1], images.shape[2])
     proposals, proposal_valid, proposal_scores = rpn_lib.select_proposals(
@@ -125,11 +156,13 @@ class MaskRCNN(nn.Module):
     """Inference.
 
     Args:
-      images: [B, H, W, 3] float32, normalized, padded (H, W multiples of 64).
-      image_info: [B, 4] float32 (resized h, resized w, scale, flipped).
+      images: [B, H, W, 3] uint8 | float32 raw RGB 0..255, zero-padded (H, W multiples
+        of 64).
+      image_info: [B, 5] float32 (maskrcnn_jax/image_info.py).
 
     Returns:
-      boxes: [B, D, 4] float32 in the resized frame; scores: [B, D] float32 sorted
+      boxes: [B, D, 4] float32 in the resized frame (the canvas frame: transposed where
+      image_info says so); scores: [B, D] float32 sorted
       descending; classes: [B, D] int32 in 1..K (0 where invalid); masks: [B, D, M, M]
       float32 probabilities (M = 2 * mask_head.pooled_size); valid: [B, D] bool.
     """
@@ -142,7 +175,8 @@ class MaskRCNN(nn.Module):
         image_info, weights=tuple(c.roi_heads.box_coder_weights), clamp=c.box_coder_clamp,
         score_threshold=c.roi_heads.score_threshold,
         nms_threshold=c.roi_heads.nms_threshold,
-        detections_per_image=c.roi_heads.detections_per_image)
+        detections_per_image=c.roi_heads.detections_per_image,
+        pre_nms_topk=c.roi_heads.pre_nms_topk)
     mask_logits = self.mask_head(roi_features, detections['boxes'])
     detections['masks'] = postprocess.select_mask_probs(mask_logits, detections['classes'],
                                                         mode=c.mask_loss)

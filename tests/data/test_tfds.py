@@ -64,7 +64,7 @@ def test_same_batches_as_the_coco_files(prepared):
   cfg = default_config().data
   cfg.unlock()
   cfg.update({'min_size': 48, 'max_size': 64, 'image_size': (64, 64), 'max_instances': 5,
-              'mask_size': 8})
+              'mask_size': 8, 'extra_canvases': ()})
   streams = []
   for dataset in (tfds_coco.load_tfds(data_dir, 'train', filter_empty=True),
                   coco.load_coco(*splits['train'], filter_empty=True)):

@@ -10,7 +10,7 @@ from tests.conftest import load_config
 
 IMAGE_SIZE = 64
 DETECTIONS = 10
-IMAGE_INFO = np.array([[64, 64, 1.0, 0], [40, 52, 0.5, 0]], np.float32)
+IMAGE_INFO = np.array([[64, 64, 1.0, 0, 0], [40, 52, 0.5, 0, 0]], np.float32)
 
 
 def _tiny_config(**overrides):
@@ -28,8 +28,12 @@ NUM_CLASSES = _tiny_config().num_classes
 
 
 def _images(seed):
+  """Raw uint8 RGB, zero-padded outside each image's resized region (as the pipeline's)."""
   rng = np.random.default_rng(seed)
-  return rng.normal(size=(2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+  images = rng.integers(0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+  for image, (height, width) in zip(images, IMAGE_INFO[:, :2].astype(int)):
+    image[height:], image[:, width:] = 0, 0
+  return images
 
 
 def _check_outputs(out, image_info):
@@ -93,3 +97,24 @@ def test_inconsistent_mask_resolution_is_an_error():
   model = mask_rcnn.MaskRCNN(config)
   with pytest.raises(ValueError, match='resolution'):
     model.init(jax.random.PRNGKey(0), _images(0), IMAGE_INFO)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_normalize_images_matches_the_host_definition(dtype):
+  mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+  images = _images(3)
+  out = jax.device_get(mask_rcnn.normalize_images(images, IMAGE_INFO, mean, std, dtype))
+  assert out.dtype == dtype and out.shape == images.shape
+  for b, (height, width) in enumerate(IMAGE_INFO[:, :2].astype(int)):
+    # Today's host normalization: float32 (x - mean) / std on the resized pixels, 0 padding.
+    expected = np.zeros(images.shape[1:], np.float32)
+    expected[:height, :width] = (images[b, :height, :width].astype(np.float32)
+                                 - np.array(mean, np.float32)) / np.array(std, np.float32)
+    # XLA may divide by the constant std as a multiply by its reciprocal: 1 ulp apart.
+    np.testing.assert_allclose(out[b].astype(np.float32), expected.astype(dtype).astype(
+        np.float32), rtol=2e-7 if dtype == jnp.float32 else 1e-2, atol=0)
+    assert not out[b, height:].astype(np.float32).any()
+    assert not out[b, :, width:].astype(np.float32).any()
+  # float32 raw pixels (the Predictor's torch-exact path) give the same numbers.
+  as_float = mask_rcnn.normalize_images(images.astype(np.float32), IMAGE_INFO, mean, std, dtype)
+  np.testing.assert_array_equal(jax.device_get(as_float), out)
