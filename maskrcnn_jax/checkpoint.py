@@ -33,18 +33,37 @@ def restore_variables(path: str) -> Any:
 
 def _step_manager(directory: str, keep: int = 0) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  # The handler named: without it, reading a step's metadata warns about its item.
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
-def save_train_state(directory: str, step: int, state: Any, keep: int) -> None:
+def save_train_state(directory: str, step: int, state: Any, keep: int,
+                     metadata: dict[str, Any] | None = None) -> None:
   """Writes `state` (a pytree of arrays) as `directory/<step>`, keeping the newest `keep`.
 
+  `metadata` (JSON-serializable) is stored beside it, read back by `train_metadata`.
   A save interrupted by a killed process leaves only an orbax temporary directory,
   which `latest_train_step` and `restore_train_state` never see.
   """
   with _step_manager(directory, keep) as manager:
-    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    manager.save(step, args=ocp.args.StandardSave(state), force=True,
+                 custom_metadata=metadata or {})
     manager.wait_until_finished()
+
+
+def train_steps(directory: str) -> list[int]:
+  """The complete training checkpoints' steps, oldest first ([] if there is none)."""
+  if not os.path.isdir(directory):
+    return []
+  with _step_manager(directory) as manager:
+    return sorted(manager.all_steps())
+
+
+def train_metadata(directory: str, step: int) -> dict[str, Any]:
+  """The `metadata` saved with `directory/<step>` ({} if none was)."""
+  with _step_manager(directory) as manager:
+    return dict(manager.metadata(step).custom_metadata or {})
 
 
 def latest_train_step(directory: str) -> int | None:

@@ -13,11 +13,14 @@ import numpy as np
 import optax
 
 from maskrcnn_jax import checkpoint
+from maskrcnn_jax import divergence
 from maskrcnn_jax import evaluate
 from maskrcnn_jax import optimizer as optimizer_lib
 from maskrcnn_jax import parallel
 from maskrcnn_jax import train_log
+from maskrcnn_jax import workdir as workdir_lib
 from maskrcnn_jax import xla_options
+from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.model import mask_rcnn
 
@@ -39,8 +42,8 @@ def init_variables(model: mask_rcnn.MaskRCNN, image_size: tuple[int, int],
   """
   height, width = image_size
   init = jax.jit(model.init, compiler_options=xla_options.compiler_options())
-  return init(key, np.zeros((1, height, width, 3), np.float32),
-              np.array([[height, width, 1.0, 0.0]], np.float32))
+  return init(key, np.zeros((1, height, width, 3), np.uint8),
+              np.array([[height, width, 1.0, 0.0, 0.0]], np.float32))
 
 
 def create_train_state(config: ml_collections.ConfigDict, key: jax.Array
@@ -119,26 +122,76 @@ def init_from_checkpoint(variables: dict[str, Any], loaded: dict[str, Any], sour
 
 
 def _check_finite(history: list[dict[str, np.ndarray]], first_step: int,
-                  checkpoint_dir: str) -> None:
+                  checkpoint_dir: str, series: dict[str, list]) -> None:
   """Raises FloatingPointError when a loss or gradient norm of `history` is NaN or Inf.
 
   Checked before every save: a finite loss and gradient norm at a step mean finite
-  parameters after it, so no saved checkpoint holds NaN.
+  parameters after it, so no saved checkpoint holds NaN. The message names where the
+  divergence began (`divergence.divergence_onset` over `series`, the steps logged
+  before `history`, and `history`) and the last checkpoint saved before it.
   """
   for offset, values in enumerate(history):
     bad = sorted(k for k in ('total', 'rpn_cls', 'rpn_box', 'cls', 'box', 'mask', 'grad_norm')
                  if not np.isfinite(values[k]))
-    if bad:
-      last = checkpoint.latest_train_step(checkpoint_dir)
-      raise FloatingPointError(
-          f'step {first_step + offset + 1}: {", ".join(bad)} became NaN or Inf '
-          f'(total loss {values["total"]}); stopping. The last good checkpoint is '
-          f'{"step " + str(last) if last is not None else "none"} in {checkpoint_dir}; '
-          'lower train.base_lr or raise train.warmup_steps and resume.')
+    if not bad:
+      continue
+    step = first_step + offset + 1
+    steps = series['step'] + list(range(first_step + 1, step + 1))
+    totals = series['total'] + [float(h['total']) for h in history[:offset + 1]]
+    norms = series['grad_norm'] + [float(h['grad_norm']) for h in history[:offset + 1]]
+    onset = divergence.divergence_onset(steps, totals, norms)
+    began = ('with no spike before it' if onset == step else
+             f'after a spike at step {onset} (total loss {totals[steps.index(onset)]:.4g}, '
+             f'gradient norm {norms[steps.index(onset)]:.4g})')
+    kept = checkpoint.train_steps(checkpoint_dir)
+    good = divergence.last_good_checkpoint(onset, kept)
+    later = [k for k in kept if good is None or k > good]
+    if good is None:
+      advice = (f'No kept checkpoint in {checkpoint_dir} predates it (kept: steps {kept}): '
+                'start again with a lower train.base_lr or more train.warmup_steps')
+    else:
+      advice = (f'The last good checkpoint is {checkpoint_dir}/{good}'
+                + (f' (remove the later steps {later} to resume from it)' if later else '')
+                + ': lower train.base_lr or raise train.warmup_steps and resume')
+    raise FloatingPointError(
+        f'step {step}: {", ".join(bad)} became NaN or Inf (total loss {values["total"]}) '
+        f'{began}; stopping. {advice}.')
+
+
+def _saved_series(checkpoint_dir: str, upto: int) -> dict[str, list]:
+  """{'step', 'total', 'grad_norm'} lists of the kept checkpoints' metadata, to `upto`."""
+  series = {'step': [], 'total': [], 'grad_norm': []}
+  for step in checkpoint.train_steps(checkpoint_dir):
+    saved = checkpoint.train_metadata(checkpoint_dir, step)
+    for i, saved_step in enumerate(saved.get('step', [])):
+      if saved_step <= upto and (not series['step'] or saved_step > series['step'][-1]):
+        for key in series:
+          series[key].append(saved[key][i])
+  return series
 
 
 def _mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+
+
+def _load_datasets(config: ml_collections.ConfigDict
+                   ) -> tuple[coco.CocoDataset, coco.CocoDataset | None]:
+  """The train split and the val split (None without one), checked against the model.
+
+  Every check that can refuse the run happens here, before anything is compiled.
+  """
+  train_set = pipeline.load_split(config.data, 'train')
+  coco.check_num_classes(config.model.num_classes, train_set.category_ids,
+                         train_set.annotation_file)
+  if not (config.data.val_annotations or config.data.dataset == 'tfds'):
+    return train_set, None
+  val_set = pipeline.load_split(config.data, 'val')
+  if val_set.category_ids != train_set.category_ids:
+    raise ValueError(f'{val_set.annotation_file} has category ids {val_set.category_ids}, '
+                     f'{train_set.annotation_file} has {train_set.category_ids}: '
+                     'evaluation needs the categories the model is trained on')
+  coco.check_evaluation_fields(val_set.annotation_file)
+  return train_set, val_set
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -147,7 +200,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Writes `<workdir>/checkpoints/<step>` every `train.checkpoint_every` steps and at the
   end (the newest `train.keep_checkpoints` kept), TensorBoard scalars in
   `<workdir>/tensorboard`, and evaluates on the val split every `train.eval_every` steps
-  and at the end into `<workdir>/eval`. A resumed run continues exactly where the
+  and at the end into `<workdir>/eval`; `workdir_lib.save_run_files` keeps the config and
+  the categories beside them. A resumed run must keep the saved config
+  (`workdir_lib.RESUMABLE_KEYS` excepted) and continues exactly where the
   checkpoint left off: the state holds the step, which fixes the samplers' key
   (`train_step`) and the data position (`Batches(start_step=...)`).
 
@@ -159,9 +214,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.data_mesh()
   is_main = jax.process_index() == 0
   checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  train_set, val_set = _load_datasets(config)
+  last_step = checkpoint.latest_train_step(checkpoint_dir)
+  if last_step is not None:
+    workdir_lib.check_resumed_config(workdir, config)
+  if is_main:
+    workdir_lib.save_run_files(workdir, config, train_set.category_ids,
+                               train_set.class_names, train_set.annotation_file)
   init_key, step_key = jax.random.split(jax.random.key(t.seed))
   model, optimizer, state = create_train_state(config, init_key)
-  last_step = checkpoint.latest_train_step(checkpoint_dir)
   if last_step is not None:
     state = checkpoint.restore_train_state(checkpoint_dir, last_step,
                                            parallel.replicate(state, mesh))
@@ -179,9 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step_fn = jit_train_step(model, optimizer, t, mesh)
 
   evaluator = None
-  if config.data.val_annotations or config.data.dataset == 'tfds':
-    evaluator = evaluate.Evaluator(config, pipeline.load_split(config.data, 'val'), mesh,
-                                   model=model)
+  if val_set is not None:
+    evaluator = evaluate.Evaluator(config, val_set, mesh, model=model)
   log = train_log.TrainLog(workdir, start_step, t.num_steps, t.batch_size, enabled=is_main)
 
   def run_eval(step):
@@ -190,8 +250,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log.eval_metrics(step, evaluate.flat_metrics(metrics))
     return metrics
 
-  train_set = pipeline.load_split(config.data, 'train')
   pending, logged, eval_metrics = [], [], None
+  # Every logged step's total loss and gradient norm, those of the kept checkpoints'
+  # metadata first; each save stores the steps since the previous one.
+  series = _saved_series(checkpoint_dir, start_step)
+  saved_upto = len(series['step'])
   with log, pipeline.Batches(train_set, config.data, t.batch_size, train=True, seed=t.seed,
                         start_step=start_step, process_index=jax.process_index(),
                         process_count=jax.process_count()) as batches:
@@ -206,12 +269,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % t.log_every == 0 or save:  # `save` includes the last step
         history = jax.device_get(pending)
         log.advance()
-        _check_finite(history, step - len(history), checkpoint_dir)
+        _check_finite(history, step - len(history), checkpoint_dir, series)
+        series['step'] += range(step - len(history) + 1, step + 1)
+        series['total'] += [float(h['total']) for h in history]
+        series['grad_norm'] += [float(h['grad_norm']) for h in history]
         logged = history
         log.train_metrics(step, _mean_metrics(history))
         pending = []
       if save:
-        checkpoint.save_train_state(checkpoint_dir, step, state, t.keep_checkpoints)
+        checkpoint.save_train_state(checkpoint_dir, step, state, t.keep_checkpoints,
+                                    {k: v[saved_upto:] for k, v in series.items()})
+        saved_upto = len(series['step'])
       if evaluator is not None and t.eval_every and step % t.eval_every == 0 \
           and step != t.num_steps:
         run_eval(step)

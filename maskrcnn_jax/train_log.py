@@ -14,17 +14,29 @@ import tensorboardX
 import tqdm
 
 
-class _QuietLibraries(logging.Filter):
-  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+class _AboveTheBar:
+  """A log handler's stream that prints each record above tqdm's bars, not across them."""
 
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+  def __init__(self, stream):
+    self._stream = stream
+
+  def write(self, text: str) -> None:
+    if text.strip():
+      tqdm.tqdm.write(text.rstrip('\n'), file=self._stream)
+
+  def flush(self) -> None:
+    self._stream.flush()
 
 
-def quiet_library_logs() -> None:
-  """Installs `_QuietLibraries` on the root logger's handlers (absl's included)."""
+def _console_handlers() -> list[logging.StreamHandler]:
+  """The handlers writing log records to the terminal (absl's included)."""
+  handlers = []
   for handler in logging.getLogger().handlers + logging.getLogger('absl').handlers:
-    handler.addFilter(_QuietLibraries())
+    handler = getattr(handler, 'python_handler', handler)  # absl's wraps a StreamHandler
+    if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr,
+                                                                         sys.stdout):
+      handlers.append(handler)
+  return handlers
 
 
 def format_seconds(seconds: float) -> str:
@@ -55,10 +67,13 @@ class TrainLog:
     self._last_step, self._last_time = start_step, time.perf_counter()
     self._writer = None
     self._bar = None
+    self._streams = []  # (handler, its stream) while log lines go above the bar
     if enabled:
       self._writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
       self._bar = tqdm.tqdm(total=num_steps, initial=start_step, unit='step',
                             dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+      for handler in _console_handlers():
+        self._streams.append((handler, handler.setStream(_AboveTheBar(handler.stream))))
 
   def advance(self, steps: int = 1) -> None:
     if self._bar is not None:
@@ -95,6 +110,9 @@ class TrainLog:
 
   def close(self) -> None:
     if self._enabled:
+      for handler, stream in self._streams:
+        handler.setStream(stream)
+      self._streams = []
       self._bar.close()
       self._writer.close()
 

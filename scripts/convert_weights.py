@@ -9,6 +9,7 @@ Needs torch to read the .pth file (read with weights_only=True, so it cannot run
 import argparse
 
 from maskrcnn_jax import checkpoint
+from maskrcnn_jax import cli
 from maskrcnn_jax import convert
 
 
@@ -19,6 +20,8 @@ def main():
                            'resnet: an ImageNet classification ResNet (backbone only)')
   parser.add_argument('source', help='the .pth file')
   parser.add_argument('destination', help='new directory for the orbax checkpoint')
+  parser.add_argument('--verbose', action='store_true',
+                      help=f'print the full traceback of an error (or set {cli.VERBOSE_ENV}=1)')
   args = parser.parse_args()
   state_dict = convert.load_torch_state_dict(args.source)
   if args.kind == 'maskrcnn':
@@ -32,4 +35,7 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  try:
+    main()
+  except Exception as error:  # pylint: disable=broad-except
+    cli.exit_with_error(error, 1)

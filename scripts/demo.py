@@ -12,13 +12,12 @@ command again resumes), evaluates the final model with COCO metrics on the val s
 import os
 import time
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from maskrcnn_jax import checkpoint
+from maskrcnn_jax import cli
 from maskrcnn_jax import train
-from maskrcnn_jax import train_log
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
@@ -34,7 +33,6 @@ _NUM_DRAWN = flags.DEFINE_integer('num_drawn', 6, 'val images to draw')
 
 def main(argv):
   del argv
-  train_log.quiet_library_logs()
   config = _CONFIG.value
   workdir = _WORKDIR.value
   start = time.perf_counter()
@@ -66,4 +64,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

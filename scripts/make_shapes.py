@@ -6,9 +6,9 @@ Then point the config at it: data.train_annotations=<out>/annotations/instances_
 data.train_images=<out>/train (and the same for val).
 """
 
-from absl import app
 from absl import flags
 
+from maskrcnn_jax import cli
 from maskrcnn_jax.data import shapes
 
 _OUT = flags.DEFINE_string('out', 'data/shapes', 'output folder')
@@ -27,4 +27,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, config_keys=False)

@@ -1,22 +1,21 @@
-"""Trains Mask R-CNN; run it again with the same --workdir to resume.
+r"""Trains Mask R-CNN; run it again with the same --workdir to resume.
 
   python scripts/train.py --config configs/maskrcnn_r50_fpn_1x.py --workdir runs/r50_1x \
       --config.train.batch_size=8 --config.train.base_lr=0.01
 
 Any config key can be overridden with --config.<key>=<value>; an unknown key is an
-error. Multi-host: one process per host, see distributed_flags.py and the README.
+error. The run's config is saved as <workdir>/config.json: resuming with other values
+(train.num_steps, paths and a few more excepted) is refused. Multi-host: one process per
+host, see distributed_flags.py and the README.
 """
-
-import logging
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 import distributed_flags
+from maskrcnn_jax import cli
 from maskrcnn_jax import train
-from maskrcnn_jax import train_log
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'config file', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, TensorBoard and eval outputs')
@@ -26,13 +25,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  train_log.quiet_library_logs()
   distributed_flags.initialize()
-  try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except FloatingPointError as error:
-    logging.error('%s', error)
-    sys.exit(1)
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   metrics = result['eval']
   if metrics:
     print(f'step {result["step"]}: bbox AP {metrics["bbox"]["AP"]:.4f}, '
@@ -40,4 +34,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -85,7 +85,8 @@ def test_load_variables_reads_every_kind_of_checkpoint(tmp_path):
     checkpoint.save_train_state(str(tmp_path / 'run'), step, _model_train_state(step), keep=3)
   for path, expected in ((tmp_path / 'converted', _variables()),
                          (tmp_path / 'run', _model_train_state(20)),  # the newest step
-                         (tmp_path / 'run' / '10', _model_train_state(10))):
+                         (tmp_path / 'run' / '10', _model_train_state(10)),
+                         (tmp_path / 'run' / '10' / 'default', _model_train_state(10))):
     loaded = checkpoint.load_variables(str(path))
     assert set(loaded) == {'params', 'batch_stats'}  # no optimizer state
     for key in loaded:
@@ -116,3 +117,14 @@ def test_load_variables_reads_a_state_saved_on_another_device_count(tmp_path):
       'print("ok")\n', timeout=120)
   loaded = checkpoint.load_variables(str(tmp_path / 'run'))
   np.testing.assert_array_equal(loaded['params']['w'], np.arange(6.0).reshape(2, 3))
+
+
+def test_train_metadata_is_kept_with_each_step(tmp_path):
+  directory = str(tmp_path / 'run')
+  history = {'step': [9, 10], 'total': [1.25, float('inf')], 'grad_norm': [3.0, 1e4]}
+  checkpoint.save_train_state(directory, 10, _train_state(10), keep=2, metadata=history)
+  checkpoint.save_train_state(directory, 20, _train_state(20), keep=2)
+  assert checkpoint.train_steps(directory) == [10, 20]
+  assert checkpoint.train_steps(str(tmp_path / 'nowhere')) == []
+  assert checkpoint.train_metadata(directory, 10) == history
+  assert checkpoint.train_metadata(directory, 20) == {}

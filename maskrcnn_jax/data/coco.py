@@ -14,7 +14,11 @@ size is not the image's). Documented skips, counted in `CocoDataset.skipped` and
   - `empty_boxes`: instances whose box has no area (after clipping) are skipped;
   - `empty_images`: images without non-crowd instances, when `filter_empty` is set.
 Crowd regions (`iscrowd` 1) are kept with `is_crowd` True: never positives, ignored in
-matching.
+matching; a missing `iscrowd` reads as 0.
+
+`check_num_classes` is the one rule tying a model's classes to a dataset's categories;
+`check_evaluation_fields` refuses, before any inference, a file pycocotools cannot
+evaluate.
 """
 
 import collections
@@ -39,7 +43,7 @@ class CocoFormatError(ValueError):
   """Bad COCO input; the message names the file and the image or annotation id."""
 
 
-class _Skips:
+class Skips:
   """Counts the documented skips and keeps the first few ids of each for the log."""
 
   def __init__(self):
@@ -119,7 +123,8 @@ class CocoDataset:
     return len(self.category_ids)
 
 
-def _load_json(path: str) -> dict[str, Any]:
+def load_json(path: str) -> dict[str, Any]:
+  """The annotation file's JSON; CocoFormatError if unreadable or without COCO's keys."""
   try:
     with open(path, 'rb') as f:
       data = json.load(f)
@@ -133,12 +138,69 @@ def _load_json(path: str) -> dict[str, Any]:
   return data
 
 
+def read_categories(annotation_file: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+  """(category ids, names) of an annotation file, sorted by id: class c is entry c - 1."""
+  return _categories(load_json(annotation_file), annotation_file)
+
+
+def _categories(data: dict[str, Any], annotation_file: str
+                ) -> tuple[tuple[int, ...], tuple[str, ...]]:
+  categories = sorted(data['categories'], key=lambda c: c['id'])
+  category_ids = tuple(int(c['id']) for c in categories)
+  if len(set(category_ids)) != len(category_ids):
+    raise CocoFormatError(f'{annotation_file}: duplicate category ids')
+  return category_ids, tuple(str(c.get('name', c['id'])) for c in categories)
+
+
+def check_num_classes(num_classes: int, category_ids: Sequence[int], source: str,
+                      labels_may_be_ids: bool = False) -> tuple[int, ...]:
+  """The dataset category id of each model class 1..num_classes; refuses a mismatch.
+
+  Training maps the categories sorted by id to classes 1..K, so a model must have
+  exactly K classes: fewer gives class indices past the classifier (NaN losses), more
+  makes evaluation read classes as category ids. `labels_may_be_ids` (inference only)
+  also accepts num_classes = the largest category id, torchvision's COCO models whose
+  labels are the category ids themselves.
+
+  Args:
+    num_classes: config.model.num_classes (foreground classes).
+    category_ids: the dataset's category ids, sorted.
+    source: the annotation file (or TFDS split), for the message.
+  """
+  if num_classes == len(category_ids):
+    return tuple(category_ids)
+  if labels_may_be_ids and num_classes == max(category_ids):
+    return tuple(range(1, num_classes + 1))
+  also = (f' (or {max(category_ids)}, its largest category id, for a model whose labels '
+          'are category ids, as torchvision\'s COCO models)' if labels_may_be_ids else '')
+  raise ValueError(
+      f'config.model.num_classes = {num_classes} but {source} has {len(category_ids)} '
+      f'categories: num_classes must equal the number of categories{also}; set '
+      f'--config.model.num_classes={len(category_ids)}')
+
+
+def check_evaluation_fields(annotation_file: str) -> None:
+  """Refuses an annotation file without the `iscrowd` and `area` COCOeval reads.
+
+  pycocotools reads the file itself and fails only after inference; this fails first.
+  """
+  if not os.path.isfile(annotation_file):
+    return  # a TFDS split: its ground truth is built from the records, fields included
+  for ann in load_json(annotation_file)['annotations']:
+    missing = [field for field in ('iscrowd', 'area') if field not in ann]
+    if missing:
+      raise CocoFormatError(
+          f"{annotation_file}: annotation id {ann.get('id')}: no {' and no '.join(missing)}"
+          ' (COCO evaluation needs both: iscrowd 0 or 1, area = the mask area in pixels); '
+          'scripts/check_dataset.py lists every annotation missing them')
+
+
 def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_segmentation(segmentation: Any, height: int, width: int, where: str,
-                        ann_id: Any, skips: _Skips) -> Any:
+def check_segmentation(segmentation: Any, height: int, width: int, where: str,
+                        ann_id: Any, skips: Skips) -> Any:
   """Validates one segmentation; returns it with degenerate polygons dropped, or None."""
   if isinstance(segmentation, list):
     polygons = []
@@ -168,8 +230,8 @@ def _check_segmentation(segmentation: Any, height: int, width: int, where: str,
       f'{type(segmentation).__name__}')
 
 
-def _check_box(bbox: Any, height: int, width: int, where: str, ann_id: Any,
-               skips: _Skips) -> np.ndarray | None:
+def check_box(bbox: Any, height: int, width: int, where: str, ann_id: Any,
+               skips: Skips) -> np.ndarray | None:
   """COCO [x, y, w, h] -> x1y1x2y2 clipped to the image, or None if it has no area."""
   if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
     raise CocoFormatError(f'{where}: bbox must be 4 finite numbers [x, y, w, h]; got {bbox}')
@@ -197,13 +259,10 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoD
     the dataset; categories sorted by id map to classes 1..K.
   """
   annotation_file = os.fspath(annotation_file)
-  data = _load_json(annotation_file)
-  skips = _Skips()
+  data = load_json(annotation_file)
+  skips = Skips()
 
-  categories = sorted(data['categories'], key=lambda c: c['id'])
-  category_ids = tuple(int(c['id']) for c in categories)
-  if len(set(category_ids)) != len(category_ids):
-    raise CocoFormatError(f'{annotation_file}: duplicate category ids')
+  category_ids, class_names = _categories(data, annotation_file)
   class_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
 
   images = {}
@@ -229,12 +288,12 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoD
     if 'segmentation' not in ann:
       raise CocoFormatError(f'{where}: no segmentation')
     height, width = int(image['height']), int(image['width'])
-    segmentation = _check_segmentation(ann['segmentation'], height, width, where, ann_id,
+    segmentation = check_segmentation(ann['segmentation'], height, width, where, ann_id,
                                        skips)
     if segmentation is None:
       skips.add('no_valid_segmentation', ann_id)
       continue
-    box = _check_box(ann.get('bbox'), height, width, where, ann_id, skips)
+    box = check_box(ann.get('bbox'), height, width, where, ann_id, skips)
     if box is None:
       continue
     instances[int(image['id'])].append(
@@ -268,7 +327,7 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoD
   return CocoDataset(records=records,
                      instance_counts=np.array([r.num_instances for r in records], np.int64),
                      category_ids=category_ids,
-                     class_names=tuple(str(c.get('name', c['id'])) for c in categories),
+                     class_names=class_names,
                      skipped=dict(skips.counts), annotation_file=annotation_file)
 
 

@@ -6,6 +6,7 @@ import logging
 import numpy as np
 from PIL import Image
 from pycocotools import coco as coco_api
+from pycocotools import cocoeval
 import pytest
 
 from maskrcnn_jax.data import coco
@@ -190,3 +191,42 @@ def test_real_coco_slice(coco_tiny):
         annotated_area += ann['area']
   # COCO's `area` is the polygon's area; the rasterized masks agree in total.
   assert decoded_area == pytest.approx(annotated_area, rel=0.01)
+
+
+def test_num_classes_must_be_the_number_of_categories():
+  ids = (1, 3, 7)
+  assert coco.check_num_classes(3, ids, 'ann.json') == ids
+  for wrong in (2, 7, 8):  # fewer: classes past the classifier; more: read as ids
+    with pytest.raises(ValueError, match=rf'num_classes = {wrong} but ann\.json has 3 '
+                                         r'categories.*num_classes=3'):
+      coco.check_num_classes(wrong, ids, 'ann.json')
+  # Inference also accepts torchvision's labels-are-category-ids models, exactly.
+  assert coco.check_num_classes(7, ids, 'ann.json', labels_may_be_ids=True) == tuple(
+      range(1, 8))
+  with pytest.raises(ValueError, match='or 7, its largest category id'):
+    coco.check_num_classes(8, ids, 'ann.json', labels_may_be_ids=True)
+
+
+def test_read_categories_sorts_by_id(tmp_path):
+  path, _, _ = _write(tmp_path)
+  assert coco.read_categories(path) == ((3, 5), ('three', 'five'))
+
+
+@pytest.mark.parametrize('field', ['area', 'iscrowd'])
+def test_evaluation_needs_area_and_iscrowd(tmp_path, field):
+  path, image_dir, data = _write(tmp_path)
+  for ann in data['annotations']:
+    ann['area'] = 1.0
+  path, image_dir, _ = _write(tmp_path, annotations=data['annotations'])
+  coco.check_evaluation_fields(path)
+  del data['annotations'][2][field]
+  path, image_dir, _ = _write(tmp_path, annotations=data['annotations'])
+  # pycocotools reads the file itself and fails only when evaluating.
+  gt = coco_api.COCO(path)
+  evaluator = cocoeval.COCOeval(gt, gt.loadRes([{
+      'image_id': 7, 'category_id': 3, 'bbox': [0, 0, 30, 20], 'score': 1.0}]), 'bbox')
+  with pytest.raises(KeyError, match=field):
+    evaluator.evaluate()
+  with pytest.raises(coco.CocoFormatError, match=rf'ann\.json: annotation id 12: no {field}'):
+    coco.check_evaluation_fields(path)
+  coco.load_coco(path, image_dir, filter_empty=False)  # training does not need them

@@ -1,0 +1,92 @@
+"""The scripts' shared command line: one-line errors with their exit status, --help."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from maskrcnn_jax import cli
+from maskrcnn_jax import config
+from tests.conftest import REPO_ROOT
+
+
+def _run(script, *args, env=None):
+  return subprocess.run([sys.executable, str(REPO_ROOT / 'scripts' / script), *args],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})))
+
+
+def _error_lines(stderr):
+  """stderr without absl's log lines (I1202 ...)."""
+  return [line for line in stderr.splitlines()
+          if line and not (line[0] in 'IWE' and line[1:5].isdigit())]
+
+
+@pytest.mark.parametrize('args, status, message', [
+    (['--config.train.num_stepz=3'], 2,
+     'train.py: error: unknown config key \'num_stepz\' Did you mean "num_steps" instead '
+     'of "num_stepz"?'),
+    (['--config=configs/nothere.py'], 2,
+     "train.py: error: --config: [Errno 2] No such file or directory: 'configs/nothere.py'"),
+    (['--config.data.train_annotations=/nowhere/train.json'], 1,
+     'train.py: error: /nowhere/train.json: annotation file not found'),
+])
+def test_a_mistake_prints_one_line_and_its_exit_status(tmp_path, args, status, message):
+  result = _run('train.py', '--config=configs/shapes_demo.py', f'--workdir={tmp_path}', *args)
+  assert result.returncode == status, result.stderr[-2000:]
+  assert _error_lines(result.stderr) == [
+      message, f'(--verbose or {cli.VERBOSE_ENV}=1 prints the traceback)']
+
+
+def test_verbose_prints_the_traceback(tmp_path):
+  args = ['--config=configs/shapes_demo.py', f'--workdir={tmp_path}',
+          '--config.train.num_stepz=3']
+  for extra, env in ((['--verbose'], None), ([], {cli.VERBOSE_ENV: '1'})):
+    result = _run('train.py', *args, *extra, env=env)
+    assert result.returncode != 0
+    assert 'Traceback (most recent call last)' in result.stderr
+    assert 'num_stepz' in result.stderr.splitlines()[-1]
+
+
+def test_a_missing_checkpoint_is_one_line(tmp_path):
+  (tmp_path / 'a.png').write_bytes(b'')
+  result = _run('predict.py', '--config=configs/tiny.py',
+                f'--checkpoint={tmp_path / "nowhere"}', str(tmp_path))
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert _error_lines(result.stderr)[-2] == (
+      f'predict.py: error: no checkpoint directory at {tmp_path / "nowhere"}')
+
+
+def test_help_lists_the_common_config_keys_with_defaults():
+  result = _run('evaluate.py', '--help')  # absl's --help exits with status 1
+  assert 'maskrcnn_jax/config.py' in result.stdout and '--verbose' in result.stdout
+  defaults = config.default_config()
+  for key in ('model.num_classes', 'train.base_lr', 'data.image_size', 'eval.batch_size'):
+    section, name = key.split('.')
+    assert f'  --config.{key}={defaults[section][name]!r}\n' in result.stdout, key
+  assert '--config.model.rpn.nms_threshold' not in result.stdout  # the common keys only
+
+
+def test_error_line():
+  assert cli.error_line(KeyError('num_stepz')) == 'num_stepz'
+  assert cli.error_line(OSError('Failed loading\n  Attempted:\n  [Errno 2] no x.py')) == (
+      '[Errno 2] no x.py')
+  assert cli.error_line(ValueError('a\nb')) == 'a b'
+  assert cli.error_line(ValueError()) == 'ValueError'
+
+
+def test_library_noise_is_filtered_and_real_warnings_kept():
+  def record(path, level, message):
+    return logging.LogRecord('x', level, path, 1, message, None, None)
+
+  quiet = cli._QuietLibraries()  # pylint: disable=protected-access
+  orbax = '/site-packages/orbax/checkpoint/_src/metadata/checkpoint.py'
+  bridge = '/site-packages/jax/_src/xla_bridge.py'
+  assert not quiet.filter(record(orbax, logging.INFO, 'Saving checkpoint'))
+  assert not quiet.filter(record(orbax, logging.WARNING, 'Metadata file does not exist: x'))
+  assert quiet.filter(record(orbax, logging.WARNING, 'Something else went wrong'))
+  assert not quiet.filter(record(bridge, logging.INFO, "Unable to initialize backend 'tpu'"))
+  assert quiet.filter(record(bridge, logging.WARNING, 'An NVIDIA GPU may be present'))
+  assert quiet.filter(record('/work/main/maskrcnn_jax/train_log.py', logging.INFO, 'step 2'))
