@@ -1,19 +1,28 @@
-"""Times a config's train step or inference on synthetic input, optionally beside torchvision.
+"""Times a config's train step, inference or input pipeline, optionally beside torchvision.
 
   python scripts/benchmark.py --config configs/maskrcnn_r50_fpn_1x.py --mode train \
-      --batch 1 --image-size 512x512 --steps 5 --warmup 1 --compare torchvision \
-      --output bench.json --markdown docs/benchmarks.md
+      --batch 1,8 --dtype bfloat16,float32 --image-size 512x512 --steps 5 --warmup 1 \
+      --compare torchvision --peak-tflops 990 --output bench.json --markdown docs/benchmarks.md
 
-Every measured function runs once (its time is the time to first call: compilation
-included), then `--warmup` untimed times, then `--steps` timed times; the table gives
-the median. Modes:
+One run measures every (batch, dtype) case. Each measured function is compiled first
+(`compile_s`), then called once (`first_call_s`), `--warmup` untimed times, then `--steps`
+timed times; the table gives the median. Modes:
   train: `train.jit_train_step` on a synthetic batch (`--instances` random boxes per
-    image, masks filling their boxes) with data.image_size set to the given size.
+    image, masks filling their boxes) with data.image_size set to the given size; with
+    `--annotations/--images`, also on real batches from that COCO-format folder, timing
+    how much of each step waited for input.
   infer: `Predictor.predict_batch` on B random uint8 images of the given size (host
     preprocessing, device forward, host mask pasting), and the jitted model forward
     alone on device-resident inputs. Images are not resized (square resize to their own
     longer side) and the score threshold is 0, so every image pastes
     detections_per_image masks whatever the random weights score.
+  input: the input pipeline alone over `--annotations/--images` (images/s with 1 and
+    `--workers` processes, bytes per image, seconds per stage).
+For every compiled program the JSON and the table give what XLA says of it
+(maskrcnn_jax/xla_stats.py): FLOPs and temp memory per image, and its while loops with
+and without a static trip count; with `--peak-tflops`, the model FLOP utilization
+(FLOPs per second over that peak). With `--annotations`, the padded / resized pixel
+ratio of the config's canvases over that folder (evaluation-scale resize).
 Host memory is the process's peak resident set (VmHWM, else getrusage maxrss) and its
 growth from before the model was built (after the imports); device memory is jax's
 peak_bytes_in_use where the backend reports it.
@@ -22,8 +31,9 @@ peak_bytes_in_use where the backend reports it.
 frozen stages (FrozenBatchNorm, as with an ImageNet backbone), RPN/RoI counts and input
 size, in a child process of its own (so its memory is its own) using the same number of
 threads: train = forward + backward + SGD step in train mode on the same synthetic
-targets, infer = eval-mode forward including its mask pasting. Needs torch and
-torchvision importable; the package itself never imports torch.
+targets, infer = eval-mode forward including its mask pasting; bfloat16 cases run it
+under torch.autocast. Needs torch and torchvision importable; the package itself never
+imports torch.
 
 The two train steps do different amounts of mask work. Ours runs the mask head on the
 static foreground sample (batch_size_per_image * positive_fraction: 128 RoIs per image
@@ -33,6 +43,7 @@ found. With random weights those are about the ground-truth boxes themselves, so
 """
 
 import argparse
+import collections
 import datetime
 import importlib.util
 import json
@@ -53,7 +64,11 @@ from maskrcnn_jax import config as config_lib
 from maskrcnn_jax import parallel
 from maskrcnn_jax import train
 from maskrcnn_jax import xla_options
+from maskrcnn_jax import xla_stats
+from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import input_benchmark
 from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import transforms
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.predictor import Predictor
 
@@ -69,16 +84,48 @@ def parse_image_size(text: str) -> tuple[int, int]:
   return height, width
 
 
-def load_benchmark_config(path_and_arg: str, mode: str, batch: int, height: int,
-                          width: int) -> ml_collections.ConfigDict:
-  """The config file (`path` or `path:arg`) set to take unresized `height x width` inputs."""
+def parse_batches(text: str) -> list[int]:
+  """'1,8' -> [1, 8]."""
+  try:
+    batches = [int(v) for v in text.split(',')]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'--batch takes sizes like 1 or 1,8; got {text!r}')
+  if not batches or min(batches) <= 0:
+    raise argparse.ArgumentTypeError(f'--batch sizes must be positive; got {text!r}')
+  return batches
+
+
+def parse_dtypes(text: str) -> list[str]:
+  """'bfloat16,float32' -> ['bfloat16', 'float32']."""
+  dtypes = text.split(',')
+  unknown = [d for d in dtypes if d not in ('float32', 'bfloat16')]
+  if unknown:
+    raise argparse.ArgumentTypeError(f'--dtype takes float32 and/or bfloat16; got {text!r}')
+  return dtypes
+
+
+def load_benchmark_config(path_and_arg: str, mode: str, batch: int,
+                          image_size: tuple[int, int] | None, dtype: str | None
+                          ) -> ml_collections.ConfigDict:
+  """The config file (`path` or `path:arg`) for one case.
+
+  With `image_size`, inputs are unresized `height x width` images on that one canvas;
+  without, the config's own canvases and resize stay (the real-data and input modes).
+  """
   path, _, arg = path_and_arg.partition(':')
   config = config_lib.load_config_file(path, arg or None)
-  d = config.data
-  d.image_size = (height, width)
-  d.resize_mode, d.min_size, d.max_size = 'square', min(height, width), max(height, width)
+  if image_size is not None:
+    d = config.data
+    height, width = image_size
+    d.image_size = (height, width)
+    d.resize_mode, d.min_size, d.max_size = 'square', min(height, width), max(height, width)
+    for key, value in (('extra_canvases', ()), ('transpose_portrait', False)):
+      if key in d:
+        d[key] = value
   config.eval.pad_to_multiple = 0
   config.train.batch_size = batch
+  if dtype is not None:
+    config.model.dtype = dtype
   if mode == 'infer':
     config.model.roi_heads.score_threshold = 0.0
   return config
@@ -101,22 +148,65 @@ def synthetic_instances(seed: int, batch: int, height: int, width: int, num_clas
   return boxes, classes
 
 
+def synthetic_image_info(batch_size: int, config: ml_collections.ConfigDict) -> np.ndarray:
+  """[B, I] image_info of unresized, unflipped images filling the canvas."""
+  height, width = config.data.image_size
+  info = np.zeros_like(pipeline.empty_batch(1, config.data)['image_info'])
+  info[:, :3] = [height, width, 1.0]
+  return np.repeat(info, batch_size, axis=0)
+
+
 def synthetic_train_batch(config: ml_collections.ConfigDict, seed: int, instances: int
                           ) -> dict[str, np.ndarray]:
-  """A batch with the batch table's shapes: random images, `synthetic_instances` as GT."""
+  """A batch with the batch table's shapes: random pixels, `synthetic_instances` as GT."""
   batch_size = config.train.batch_size
   height, width = config.data.image_size
   batch = pipeline.empty_batch(batch_size, config.data)
   n = min(instances, config.data.max_instances)
   boxes, classes = synthetic_instances(seed, batch_size, height, width,
                                        config.model.num_classes, n)
-  batch['images'][:] = np.random.default_rng(seed).normal(size=batch['images'].shape)
-  batch['image_info'][:] = [height, width, 1.0, 0.0]
+  batch['images'][:] = np.random.default_rng(seed).integers(0, 256, batch['images'].shape)
+  batch['image_info'][:] = synthetic_image_info(batch_size, config)
   batch['gt_boxes'][:, :n] = boxes[:, :n]
   batch['gt_classes'][:, :n] = classes[:, :n]
   batch['gt_masks'][:, :n] = 1  # a mask filling its box, cropped to the box
   batch['image_id'][:] = np.arange(batch_size)
   return batch
+
+
+def padded_pixel_ratio(data_config: ml_collections.ConfigDict,
+                       sizes: list[tuple[int, int]]) -> dict[str, Any]:
+  """Canvas pixels over resized-image pixels at evaluation scale, over original sizes."""
+  padded = resized = 0
+  canvases = collections.Counter()
+  for height, width in sizes:
+    canvas = transforms.choose_canvas(height, width, data_config, train=False)
+    new_h, new_w, _ = transforms.resize_shape(height, width, data_config.resize_mode,
+                                              data_config.min_size, data_config.max_size)
+    padded += canvas.height * canvas.width
+    resized += new_h * new_w
+    canvases[f'{canvas.height}x{canvas.width}'] += 1
+  return {'images': len(sizes), 'padded_over_resized': padded / resized,
+          'images_per_canvas': dict(canvases)}
+
+
+def compile_timed(jitted, *args) -> tuple[Any, dict[str, Any]]:
+  """`jitted` lowered and compiled for `args`, and what XLA says of the program."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  return compiled, dict(xla_stats.compiled_stats(compiled).to_dict(), compile_s=seconds)
+
+
+def per_image_stats(stats: dict[str, Any], batch: int, median_s: float,
+                    peak_tflops: float) -> dict[str, Any]:
+  """FLOPs and temp memory per image, and the FLOP utilization of `peak_tflops`."""
+  out = dict(stats, gflops_per_image=stats['flops'] / batch / 1e9,
+             temp_mb_per_image=stats['temp_bytes'] / batch / 2**20,
+             achieved_tflops=stats['flops'] / median_s / 1e12)
+  if peak_tflops > 0:
+    out['mfu'] = out['achieved_tflops'] / peak_tflops
+  return out
 
 
 def time_calls(fn: Callable[[], Any], steps: int, warmup: int) -> dict[str, Any]:
@@ -169,12 +259,11 @@ def static_mask_rois(config: ml_collections.ConfigDict) -> int:
 
 
 def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warmup: int,
-                  seed: int, instances: int) -> dict[str, Any]:
-  """Rows of timings and the memory of this process for maskrcnn-jax."""
+                  seed: int, instances: int, peak_tflops: float) -> dict[str, Any]:
+  """Rows of timings, compiled-program stats and the memory of this process."""
   before = host_peak_mb()
   batch_size = config.train.batch_size
-  height, width = config.data.image_size
-  rows = []
+  rows, programs = [], {}
   if mode == 'train':
     mesh = parallel.data_mesh()
     model, optimizer, state = train.create_train_state(config, jax.random.key(seed))
@@ -183,20 +272,25 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
     batch = parallel.host_batch_to_global(synthetic_train_batch(config, seed, instances),
                                           mesh)
     key = jax.random.key(seed + 1)
+    compiled, stats = compile_timed(step, state, batch, key)
 
     def train_once():
       nonlocal state
-      state, metrics = step(state, batch, key)
+      state, metrics = compiled(state, batch, key)
       jax.block_until_ready(metrics)
 
-    rows.append(_row('maskrcnn-jax', 'train step', time_calls(train_once, steps, warmup),
-                     batch_size))
+    timing = time_calls(train_once, steps, warmup)
+    rows.append(_row('maskrcnn-jax', 'train step', timing, batch_size))
+    programs['train step'] = per_image_stats(stats, batch_size, timing['median_s'],
+                                             peak_tflops)
     extra = {'mask_head_rois_per_image': static_mask_rois(config)}
   else:
     model = mask_rcnn.MaskRCNN(config.model)
-    variables = train.init_variables(model, (height, width), jax.random.key(seed))
+    variables = train.init_variables(model, tuple(config.data.image_size),
+                                     jax.random.key(seed))
     predictor = Predictor(config, variables)
     rng = np.random.default_rng(seed)
+    height, width = config.data.image_size
     images = [rng.integers(0, 256, (height, width, 3), np.uint8) for _ in range(batch_size)]
     detections = []
 
@@ -206,21 +300,61 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
     rows.append(_row('maskrcnn-jax', 'Predictor.predict_batch (host paste incl.)',
                      time_calls(predict_once, steps, warmup), batch_size))
     extra = {'detections_per_image': float(np.mean([len(d['scores']) for d in detections]))}
-    inputs = jax.device_put(predictor.preprocess(images))
+    inputs = jax.device_put((np.stack(images), synthetic_image_info(batch_size, config)))
     forward = jax.jit(model.apply, compiler_options=xla_options.compiler_options())
-    rows.append(_row('maskrcnn-jax', 'jitted model forward',
-                     time_calls(lambda: jax.block_until_ready(forward(variables, *inputs)),
-                                steps, warmup), batch_size))
+    compiled, stats = compile_timed(forward, variables, *inputs)
+    timing = time_calls(lambda: jax.block_until_ready(compiled(variables, *inputs)),
+                        steps, warmup)
+    rows.append(_row('maskrcnn-jax', 'jitted model forward', timing, batch_size))
+    programs['model forward'] = per_image_stats(stats, batch_size, timing['median_s'],
+                                                peak_tflops)
   peak = host_peak_mb()
-  return {'rows': rows, 'host_peak_mb': peak, 'host_growth_mb': peak - before,
-          'device_peak_mb': jax_device_peak_mb(), 'backend': jax.default_backend(),
-          'device': str(jax.local_devices()[0].device_kind), **extra}
+  return {'rows': rows, 'programs': programs, 'host_peak_mb': peak,
+          'host_growth_mb': peak - before, 'device_peak_mb': jax_device_peak_mb(),
+          'backend': jax.default_backend(), 'device': str(jax.local_devices()[0].device_kind),
+          **extra}
+
+
+def benchmark_real_train(config: ml_collections.ConfigDict, annotations: str, images: str,
+                         steps: int, seed: int) -> dict[str, Any]:
+  """Train steps on batches from a COCO-format folder: how long each waited for input.
+
+  One untimed step per canvas compiles first; then `steps` steps, each the wait for its
+  batch (`next(batches)`) plus the device step (dispatch until its metrics are ready).
+  """
+  dataset = coco.load_coco(annotations, images, filter_empty=True)
+  mesh = parallel.data_mesh()
+  model, optimizer, state = train.create_train_state(config, jax.random.key(seed))
+  step = train.jit_train_step(model, optimizer, config.train, mesh)
+  state = parallel.replicate(state, mesh)
+  key = jax.random.key(seed + 1)
+  waits, totals, shapes = [], [], set()
+  with pipeline.Batches(dataset, config.data, config.train.batch_size, train=True,
+                        seed=seed) as batches:
+    while len(totals) < steps:
+      start = time.perf_counter()
+      host_batch = next(batches)
+      waited = time.perf_counter() - start
+      shape = host_batch['images'].shape
+      state, metrics = step(state, parallel.host_batch_to_global(host_batch, mesh), key)
+      jax.block_until_ready(metrics)
+      if shape in shapes:  # a new canvas compiled in this step: not timed
+        waits.append(waited)
+        totals.append(time.perf_counter() - start)
+      shapes.add(shape)
+  return {'steps': steps, 'canvases': sorted(f'{h}x{w}' for _, h, w, _ in shapes),
+          'median_step_s': statistics.median(totals),
+          'input_wait_share': sum(waits) / sum(totals),
+          'images_per_second': config.train.batch_size * len(totals) / sum(totals)}
 
 
 def benchmark_torchvision(config_dict: dict[str, Any], mode: str, steps: int, warmup: int,
                           seed: int, threads: int, use_cuda: bool, instances: int
                           ) -> dict[str, Any]:
-  """Like `benchmark_jax` for torchvision's Mask R-CNN; run in a process of its own."""
+  """Like `benchmark_jax` for torchvision's Mask R-CNN; run in a process of its own.
+
+  model.dtype bfloat16 runs the forward under torch.autocast (float32 parameters, as ours).
+  """
   import torch  # pylint: disable=import-outside-toplevel
   import torchvision  # pylint: disable=import-outside-toplevel
   from torchvision.models.detection import backbone_utils  # pylint: disable=import-outside-toplevel
@@ -232,6 +366,8 @@ def benchmark_torchvision(config_dict: dict[str, Any], mode: str, steps: int, wa
   batch_size = config_dict['train']['batch_size']
   height, width = d['image_size']
   device = torch.device('cuda' if use_cuda else 'cpu')
+  autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,
+                                    enabled=m['dtype'] == 'bfloat16')
   # Frozen BN and frozen early stages as when starting from an ImageNet backbone;
   # maskrcnn_resnet50_fpn(weights_backbone=None) would train plain BatchNorm everywhere.
   backbone = backbone_utils.resnet_fpn_backbone(
@@ -274,7 +410,8 @@ def benchmark_torchvision(config_dict: dict[str, Any], mode: str, steps: int, wa
         lambda module, inputs, output: mask_rois.append(inputs[0].shape[0]))
 
     def train_once():
-      losses = model(images, targets)
+      with autocast():
+        losses = model(images, targets)
       optimizer.zero_grad()
       sum(losses.values()).backward()
       optimizer.step()
@@ -292,7 +429,8 @@ def benchmark_torchvision(config_dict: dict[str, Any], mode: str, steps: int, wa
     @torch.no_grad()
     def predict_once():
       tensors = [torch.from_numpy(i).to(device).permute(2, 0, 1).float() / 255 for i in images]
-      outputs[:] = model(tensors)
+      with autocast():
+        outputs[:] = model(tensors)
       if use_cuda:
         torch.cuda.synchronize()
 
@@ -329,47 +467,89 @@ def _format(value: Any, digits: int) -> str:
   return value if isinstance(value, str) else f'{value:.{digits}f}'
 
 
-def markdown_table(result: dict[str, Any]) -> str:
-  """The result as a Markdown section: a header line, the table and the ratio."""
-  lines = [f'### {result["config"]} {result["mode"]}, batch {result["batch"]}, '
-           f'{result["image_size"][0]}x{result["image_size"][1]}', '',
-           f'{result["date"]}; {result["machine"]}; {result["threads"]} threads; '
-           f'load average before: {result["load_average"]}; '
-           f'{result["steps"]} timed steps after {result["warmup"]} warm-up.', '',
-           '| framework | measured | first call (s) | median (s) | images/s '
+def case_table(result: dict[str, Any], case: dict[str, Any]) -> list[str]:
+  """Markdown lines of one (batch, dtype) case: timings, then the compiled programs."""
+  lines = [f'#### batch {case["batch"]}, {case["dtype"]}', '',
+           '| framework | measured | compile (s) | first call (s) | median (s) | images/s '
            '| host peak (MiB) | host growth (MiB) | device peak (MiB) |',
-           '|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|']
   for framework in ('jax', 'torchvision'):
-    part = result.get(framework)
+    part = case.get(framework)
     if not isinstance(part, dict):
       continue
+    programs = part.get('programs', {})
     for row in part['rows']:
+      program = next((p for name, p in programs.items() if row['measured'].endswith(name)),
+                     None)
+      compile_s = f'{program["compile_s"]:.1f}' if program else '-'
       lines.append(
-          f'| {row["framework"]} | {row["measured"]} | {row["first_call_s"]:.2f} '
-          f'| {row["median_s"]:.3f} | {row["images_per_second"]:.2f} '
-          f'| {part["host_peak_mb"]:.0f} | {part["host_growth_mb"]:.0f} '
-          f'| {_format(part["device_peak_mb"], 0)} |')
+          f'| {row["framework"]} | {row["measured"]} | {compile_s} '
+          f'| {row["first_call_s"]:.2f} | {row["median_s"]:.3f} '
+          f'| {row["images_per_second"]:.2f} | {part["host_peak_mb"]:.0f} '
+          f'| {part["host_growth_mb"]:.0f} | {_format(part["device_peak_mb"], 0)} |')
+  programs = case['jax'].get('programs', {})
+  if programs:
+    lines += ['', '| XLA program | GFLOP / image | temp MiB / image | while loops (static '
+                  'trip count) | while loops (data-dependent) | TFLOP/s | MFU |',
+              '|---|---|---|---|---|---|---|']
+    for name, p in programs.items():
+      mfu = f'{p["mfu"]:.1%}' if 'mfu' in p else '-'
+      lines.append(f'| {name} | {p["gflops_per_image"]:.1f} | {p["temp_mb_per_image"]:.0f} '
+                   f'| {p["while_loops_static_trip_count"]} '
+                   f'| {p["while_loops_dynamic_trip_count"]} '
+                   f'| {p["achieved_tflops"]:.3g} | {mfu} |')
   if result['mode'] == 'train':
-    counts = [f'{name} {result[framework]["mask_head_rois_per_image"]:g}'
+    counts = [f'{name} {case[framework]["mask_head_rois_per_image"]:g}'
               for framework, name in (('jax', 'maskrcnn-jax'), ('torchvision', 'torchvision'))
-              if isinstance(result.get(framework), dict)]
+              if isinstance(case.get(framework), dict)]
     lines += ['', f'{result["instances"]} ground-truth instances per image; mask head RoIs '
                   f'per image: {", ".join(counts)}.']
-  if 'torchvision_over_jax' in result:
+  if 'torchvision_over_jax' in case:
     lines += ['', f'torchvision median time / maskrcnn-jax median time: '
-                  f'{result["torchvision_over_jax"]:.2f} (> 1: maskrcnn-jax is faster)']
+                  f'{case["torchvision_over_jax"]:.2f} (> 1: maskrcnn-jax is faster)']
+  return lines
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+  """The result as a Markdown section: a header line, then a table per case."""
+  size = result['image_size']
+  lines = [f'### {result["config"]} {result["mode"]}'
+           + (f', {size[0]}x{size[1]}' if size else ''), '',
+           f'{result["date"]}; {result["machine"]}; {result["threads"]} threads; '
+           f'load average before: {result["load_average"]}; '
+           f'{result["steps"]} timed steps after {result["warmup"]} warm-up; '
+           f'jax {result["jax_version"]}.', '']
+  for case in result.get('cases', []):
+    lines += case_table(result, case) + ['']
+  if 'pixels' in result:
+    p = result['pixels']
+    lines += [f'Canvases over {p["images"]} images of the folder: padded / resized pixels '
+              f'{p["padded_over_resized"]:.3f}; images per canvas: '
+              + ', '.join(f'{k} {v}' for k, v in p['images_per_canvas'].items()) + '.', '']
+  if 'real_data' in result:
+    r = result['real_data']
+    lines += [f'Real batches ({", ".join(r["canvases"])}): {r["steps"]} steps, median '
+              f'{r["median_step_s"]:.3f} s a step, {r["images_per_second"]:.2f} images/s, '
+              f'{r["input_wait_share"]:.1%} of the time waiting for input.', '']
+  if 'input' in result:
+    lines += [input_benchmark.markdown(result['input']), '']
   if 'compare_error' in result:
-    lines += ['', result['compare_error']]
-  return '\n'.join(lines) + '\n'
+    lines += [result['compare_error'], '']
+  return '\n'.join(lines)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', required=True, help='configs/X.py, or configs/X.py:arg')
-  parser.add_argument('--mode', choices=('train', 'infer'), required=True)
-  parser.add_argument('--batch', type=int, default=1, help='images per step')
-  parser.add_argument('--image-size', type=parse_image_size, default=(512, 512),
-                      help='HxW of the synthetic images (padded input size)')
+  parser.add_argument('--mode', choices=('train', 'infer', 'input'), required=True)
+  parser.add_argument('--batch', type=parse_batches, default=[1],
+                      help='images per step; several cases: 1,8')
+  parser.add_argument('--dtype', type=parse_dtypes, default=None,
+                      help="compute dtype(s): float32 | bfloat16 | both 'bfloat16,float32' "
+                           '(default: the config\'s model.dtype)')
+  parser.add_argument('--image-size', type=parse_image_size, default=None,
+                      help='HxW of the synthetic images (padded input size); default: the '
+                           "config's data.image_size")
   parser.add_argument('--steps', type=int, default=10, help='timed calls')
   parser.add_argument('--warmup', type=int, default=2, help='untimed calls after the first')
   parser.add_argument('--compare', choices=('torchvision',), default=None)
@@ -377,20 +557,36 @@ def main():
                       help='CPU cores for both frameworks (0: all this process may use)')
   parser.add_argument('--instances', type=int, default=3,
                       help='synthetic ground-truth instances per training image')
+  parser.add_argument('--peak-tflops', type=float, default=0.0,
+                      help='the accelerator\'s peak TFLOP/s in the compute dtype, for MFU')
+  parser.add_argument('--annotations', default='',
+                      help='a COCO-format annotation file: pixel ratio of the canvases, real '
+                           'train batches (train), the data of --mode input')
+  parser.add_argument('--images', default='', help='the image folder of --annotations')
+  parser.add_argument('--workers', type=int, default=2,
+                      help='worker processes of --mode input (also measured with 1)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--output', default='', help='write the results as JSON here')
   parser.add_argument('--markdown', default='', help='append the Markdown table here')
   args = parser.parse_args()
-  if args.batch <= 0 or args.steps <= 0 or args.warmup < 0:
-    parser.error('--batch and --steps must be positive and --warmup not negative')
-  if any(side % 64 for side in args.image_size):
+  if args.steps <= 0 or args.warmup < 0 or args.peak_tflops < 0:
+    parser.error('--steps must be positive, --warmup and --peak-tflops not negative')
+  if args.image_size and any(side % 64 for side in args.image_size):
     parser.error(f'--image-size sides must be multiples of 64 (data.image_size); '
                  f'got {args.image_size[0]}x{args.image_size[1]}')
-  height, width = args.image_size
-  config = load_benchmark_config(args.config, args.mode, args.batch, height, width)
-  if not 1 <= args.instances <= config.data.max_instances:
-    parser.error(f'--instances must be 1..{config.data.max_instances} (data.max_instances); '
-                 f'got {args.instances}')
+  if bool(args.annotations) != bool(args.images):
+    parser.error('--annotations and --images go together')
+  if args.mode == 'input' and not args.annotations:
+    parser.error('--mode input needs --annotations and --images')
+  for path in (args.annotations, args.images):
+    if path and not os.path.exists(path):
+      parser.error(f'not found: {path}')
+  cases = [(batch, dtype) for batch in args.batch for dtype in (args.dtype or [None])]
+  configs = [load_benchmark_config(args.config, args.mode, batch, args.image_size, dtype)
+             for batch, dtype in cases]
+  if not 1 <= args.instances <= configs[0].data.max_instances:
+    parser.error(f'--instances must be 1..{configs[0].data.max_instances} '
+                 f'(data.max_instances); got {args.instances}')
   cores = sorted(os.sched_getaffinity(0))
   if not 0 <= args.threads <= len(cores):
     parser.error(f'--threads must be 0..{len(cores)} (the cores this process may use)')
@@ -402,28 +598,47 @@ def main():
   threads = len(os.sched_getaffinity(0))
   result = {
       'config': args.config, 'mode': args.mode, 'batch': args.batch,
-      'image_size': [height, width], 'steps': args.steps, 'warmup': args.warmup,
-      'instances': args.instances,
+      'image_size': list(configs[0].data.image_size) if args.mode != 'input' else None,
+      'steps': args.steps, 'warmup': args.warmup, 'instances': args.instances,
       'threads': threads, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
       'machine': f'{cpu_name()}, {os.cpu_count()} CPUs',
       'load_average': ' '.join(f'{v:.2f}' for v in os.getloadavg()),
-      'jax_version': jax.__version__,
+      'jax_version': jax.__version__, 'peak_tflops': args.peak_tflops or None,
   }
-  result['jax'] = benchmark_jax(config, args.mode, args.steps, args.warmup, args.seed,
-                                args.instances)
-  if args.compare == 'torchvision':
-    reason = torchvision_missing()
-    if reason:
-      print(reason, file=sys.stderr)
-      result['compare_error'] = reason
-    else:
-      use_cuda = result['jax']['backend'] == 'gpu'
-      with multiprocessing.get_context('spawn').Pool(1) as pool:
-        result['torchvision'] = pool.apply(
-            benchmark_torchvision, (config.to_dict(), args.mode, args.steps, args.warmup,
-                                    args.seed, threads, use_cuda, args.instances))
-      result['torchvision_over_jax'] = (result['torchvision']['rows'][0]['median_s']
-                                        / result['jax']['rows'][0]['median_s'])
+  if args.annotations:
+    native = load_benchmark_config(args.config, 'train', args.batch[0], None, None)
+    native.data.dataset = 'coco'
+    native.data.train_annotations, native.data.train_images = args.annotations, args.images
+    sizes = [(r.height, r.width) for r in coco.load_coco(args.annotations, args.images,
+                                                          filter_empty=False).records]
+    result['pixels'] = padded_pixel_ratio(native.data, sizes)
+    if args.mode == 'input':
+      result['input'] = input_benchmark.measure_input(
+          native, num_workers=sorted({1, args.workers}), num_batches=args.steps,
+          seed=args.seed)
+    elif args.mode == 'train':
+      result['real_data'] = benchmark_real_train(native, args.annotations, args.images,
+                                                 args.steps, args.seed)
+  result['cases'] = []
+  if args.mode != 'input':
+    compare_reason = torchvision_missing() if args.compare == 'torchvision' else ''
+    if compare_reason:
+      print(compare_reason, file=sys.stderr)
+      result['compare_error'] = compare_reason
+    with multiprocessing.get_context('spawn').Pool(1) as pool:
+      for (batch, _), config in zip(cases, configs):
+        case = {'batch': batch, 'dtype': config.model.dtype,
+                'jax': benchmark_jax(config, args.mode, args.steps, args.warmup, args.seed,
+                                     args.instances, args.peak_tflops)}
+        if args.compare == 'torchvision' and not compare_reason:
+          case['torchvision'] = pool.apply(
+              benchmark_torchvision, (config.to_dict(), args.mode, args.steps, args.warmup,
+                                      args.seed, threads, case['jax']['backend'] == 'gpu',
+                                      args.instances))
+          case['torchvision_over_jax'] = (case['torchvision']['rows'][0]['median_s']
+                                          / case['jax']['rows'][0]['median_s'])
+        result['cases'].append(case)
+        print(f'batch {batch} {config.model.dtype}: done', file=sys.stderr, flush=True)
   table = markdown_table(result)
   print(table)
   if args.output:

@@ -1,0 +1,115 @@
+"""The inference forward as a serving artifact: serialized StableHLO with its metadata.
+
+A fixed-shape model exports whole: uint8 images on one canvas and their image_info in;
+fixed-size detections (boxes, scores, classes, mask probabilities, valid flags) out. The
+host work around it (resize, transpose and pad before; transpose back, rescale and paste
+after) is what `Predictor.preprocess` and `Predictor.predict_batch` do around their
+jitted forward.
+
+An artifact is a folder:
+  model.stablehlo   `jax.export` serialization of the forward with the weights inside,
+                    lowered for cpu, cuda and tpu (`jax.export.deserialize(...).call`)
+  metadata.json     canvas, batch, inputs, outputs, classes, preprocessing
+"""
+
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from maskrcnn_jax import image_info as info_lib
+from maskrcnn_jax.model import mask_rcnn
+
+STABLEHLO_FILE = 'model.stablehlo'
+METADATA_FILE = 'metadata.json'
+PLATFORMS = ('cpu', 'cuda', 'tpu')
+
+
+def export_stablehlo(config: ml_collections.ConfigDict, variables: Any, batch_size: int,
+                     canvas: tuple[int, int] | None = None,
+                     platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
+  """`MaskRCNN(config.model)`'s inference on [batch, H, W, 3] uint8 images of a canvas.
+
+  Args:
+    config: a full config; `model` is exported, `data.image_size` is the default canvas.
+    variables: {'params', 'batch_stats'}, baked into the program as constants.
+    batch_size: B, the static batch of the artifact.
+    canvas: (H, W) padded input size; one of the config's canvases (default the main).
+    platforms: backends to lower for; the artifact runs on any of them.
+  """
+  height, width = canvas or tuple(config.data.image_size)
+  model = mask_rcnn.MaskRCNN(config.model)
+  forward = jax.jit(lambda images, image_info: model.apply(variables, images, image_info))
+  return jax.export.export(forward, platforms=tuple(platforms))(
+      jax.ShapeDtypeStruct((batch_size, height, width, 3), jnp.uint8),
+      jax.ShapeDtypeStruct((batch_size, info_lib.SIZE), jnp.float32))
+
+
+def metadata(config: ml_collections.ConfigDict, batch_size: int, canvas: tuple[int, int],
+             category_names: Sequence[str] | None = None,
+             category_ids: Sequence[int] | None = None) -> dict[str, Any]:
+  """What a server needs beside the program, as plain JSON."""
+  d, m = config.data, config.model
+  height, width = canvas
+  detections = m.roi_heads.detections_per_image
+  resolution = m.mask_head.resolution
+  return {
+      'format': 'stablehlo',
+      'batch_size': batch_size,
+      'canvas': [height, width],
+      'inputs': {
+          'images': f'[{batch_size}, {height}, {width}, 3] uint8 RGB, resized and zero-padded '
+                    'at the bottom and right (normalized inside the program)',
+          'image_info': f'[{batch_size}, {info_lib.SIZE}] float32: resized height, resized '
+                        'width (canvas frame), scale, flipped, transposed',
+      },
+      'outputs': {
+          'boxes': f'[{batch_size}, {detections}, 4] float32 x1y1x2y2 in the canvas frame',
+          'scores': f'[{batch_size}, {detections}] float32, descending',
+          'classes': f'[{batch_size}, {detections}] int32 in 1..{m.num_classes}, 0 if invalid',
+          'masks': f'[{batch_size}, {detections}, {resolution}, {resolution}] float32 '
+                   'probabilities in each box',
+          'valid': f'[{batch_size}, {detections}] bool',
+      },
+      'num_classes': m.num_classes,
+      'category_names': list(category_names) if category_names is not None else None,
+      'category_ids': [int(i) for i in category_ids] if category_ids is not None else None,
+      'preprocessing': {
+          'resize_mode': d.resize_mode, 'min_size': d.min_size, 'max_size': d.max_size,
+          'transpose_portrait': bool(d.get('transpose_portrait', False)),
+          'pixel_mean_rgb': list(m.pixel_mean_rgb), 'pixel_std_rgb': list(m.pixel_std_rgb),
+      },
+      'mask_threshold': config.eval.mask_threshold,
+      'mask_paste': config.eval.mask_paste,
+  }
+
+
+def save(out_dir: str, exported: jax.export.Exported, meta: dict[str, Any]) -> None:
+  """Writes `model.stablehlo` and `metadata.json` into `out_dir`."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, STABLEHLO_FILE), 'wb') as f:
+    f.write(exported.serialize())
+  with open(os.path.join(out_dir, METADATA_FILE), 'w') as f:
+    json.dump(meta, f, indent=1)
+
+
+def load(out_dir: str) -> tuple[jax.export.Exported, dict[str, Any]]:
+  """The artifact in `out_dir`: call it as `exported.call(images, image_info)`."""
+  path = os.path.join(out_dir, STABLEHLO_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{out_dir}: no {STABLEHLO_FILE} (not an exported model)')
+  with open(path, 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  with open(os.path.join(out_dir, METADATA_FILE)) as f:
+    return exported, json.load(f)
+
+
+def run(exported: jax.export.Exported, images: np.ndarray, image_info: np.ndarray
+        ) -> dict[str, np.ndarray]:
+  """The artifact on one batch, as NumPy."""
+  return jax.device_get(exported.call(jnp.asarray(images, jnp.uint8),
+                                      jnp.asarray(image_info, jnp.float32)))

@@ -1,0 +1,79 @@
+r"""Exports a checkpoint's inference forward for serving (see maskrcnn_jax/export.py).
+
+  python scripts/export.py --config configs/maskrcnn_r50_fpn_1x.py \
+      --checkpoint runs/r50_1x/checkpoints --format stablehlo --batch 8 --out exported/
+
+`--checkpoint` is what scripts/evaluate.py takes. Writes <out>/model.stablehlo (the
+forward at one canvas and batch, weights inside, for cpu, cuda and tpu) and
+<out>/metadata.json. `--canvas HxW` picks another of the config's canvases than
+data.image_size. Category names come from `--annotations` (a COCO JSON) or from what the
+training run saved in its workdir. Serve it with
+  exported = jax.export.deserialize(open('model.stablehlo', 'rb').read())
+  outputs = exported.call(images_uint8, image_info)
+around the host steps of `Predictor.preprocess` and `Predictor.predict_batch`.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from maskrcnn_jax import checkpoint
+from maskrcnn_jax import cli
+from maskrcnn_jax import export
+from maskrcnn_jax import workdir
+from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import transforms
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'a checkpoint directory (see above)')
+_FORMAT = flags.DEFINE_enum('format', 'stablehlo', ['stablehlo'], 'artifact format')
+_BATCH = flags.DEFINE_integer('batch', 1, 'images per call of the artifact')
+_CANVAS = flags.DEFINE_string('canvas', '', 'HxW, one of the config canvases (default: '
+                              'data.image_size)')
+_ANNOTATIONS = flags.DEFINE_string('annotations', '', 'COCO JSON naming the categories')
+_OUT = flags.DEFINE_string('out', None, 'output directory')
+
+
+def parse_canvas(text: str, config) -> tuple[int, int]:
+  """'HxW' -> (H, W), one of the config's canvases; '' -> the main one."""
+  canvases = [tuple(c) for c in transforms.canvas_sizes(config.data)]
+  if not text:
+    return canvases[0]
+  try:
+    canvas = tuple(int(v) for v in text.lower().split('x'))
+  except ValueError:
+    canvas = ()
+  if canvas not in canvases:
+    raise ValueError(f'--canvas must be one of the config canvases '
+                         f'{", ".join(f"{h}x{w}" for h, w in canvases)}; got {text!r}')
+  return canvas
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  if config is None or not _CHECKPOINT.value or not _OUT.value:
+    raise app.UsageError('--config, --checkpoint and --out are required')
+  if _BATCH.value <= 0:
+    raise app.UsageError(f'--batch must be positive; got {_BATCH.value}')
+  canvas = parse_canvas(_CANVAS.value, config)
+  ids = names = None
+  categories = (coco.read_categories(_ANNOTATIONS.value) if _ANNOTATIONS.value
+                else workdir.find_categories(_CHECKPOINT.value))
+  if categories is not None:
+    ids, names = categories
+    coco.check_num_classes(config.model.num_classes, ids,
+                           _ANNOTATIONS.value or _CHECKPOINT.value)
+  variables = checkpoint.load_variables(_CHECKPOINT.value)
+  exported = export.export_stablehlo(config, variables, _BATCH.value, canvas)
+  export.save(_OUT.value, exported,
+              export.metadata(config, _BATCH.value, canvas, names, ids))
+  print(f'wrote {os.path.join(_OUT.value, export.STABLEHLO_FILE)} '
+        f'(batch {_BATCH.value}, canvas {canvas[0]}x{canvas[1]}, {", ".join(export.PLATFORMS)})')
+
+
+if __name__ == '__main__':
+  cli.run(main)
