@@ -15,6 +15,7 @@ processes) and counts each problem:
 
 import collections
 import concurrent.futures
+import multiprocessing
 import os
 from typing import Any
 
@@ -115,7 +116,9 @@ def check_coco(annotation_file: str, image_dir: str, workers: int = 0
       anns_of[ann['image_id']].append(ann)
   workers = workers or os.cpu_count() or 1
   ids = list(images)
-  with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+  # spawn, not fork: forking a process that has started JAX's threads can deadlock.
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context('spawn')) as pool:
     for problems in pool.map(_check_image, [images[i] for i in ids],
                              [anns_of[i] for i in ids], [image_dir] * len(ids),
                              chunksize=max(1, len(ids) // (16 * workers))):
