@@ -99,13 +99,6 @@ def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, 
   return pooled.astype(flat_features.dtype)
 
 
-def _neighbour_terms(index, weight):
-  """The G * G * 4 (index, weight) pairs of `_weighted_gather`, each [R, S, S]."""
-  _, _, g_y, _, g_x, neighbours = index.shape
-  return [(index[:, :, a, :, b, k], weight[:, :, a, :, b, k])
-          for a in range(g_y) for b in range(g_x) for k in range(neighbours)]
-
-
 @jax.custom_vjp
 def _weighted_gather(flat_features: jax.Array, index: jax.Array, weight: jax.Array
                      ) -> jax.Array:
@@ -127,9 +120,10 @@ def _weighted_gather(flat_features: jax.Array, index: jax.Array, weight: jax.Arr
     [R, S, S, C] in the accumulation dtype (float32, or float64 for float64 features).
   """
   dtype = _accumulation_dtype(flat_features.dtype)
+  index, weight = _terms_first(index), _terms_first(weight.astype(dtype))
   total = 0.0
-  for term_index, term_weight in _neighbour_terms(index, weight.astype(dtype)):
-    total = total + term_weight[..., None] * flat_features[term_index].astype(dtype)
+  for term in range(index.shape[0]):  # unrolled: XLA fuses the sum of gathers
+    total = total + weight[term][..., None] * flat_features[index[term]].astype(dtype)
   return total
 
 
@@ -143,7 +137,7 @@ def _weighted_gather_forward(flat_features, index, weight):
 
 
 def _terms_first(x):
-  """[R, S, G, S, G, 4] -> [G * G * 4, R, S, S], terms in `_neighbour_terms` order."""
+  """[R, S, G, S, G, 4] -> [G * G * 4, R, S, S]: one [R, S, S] slice per neighbour term."""
   rois, size, g_y, _, g_x, neighbours = x.shape
   return jnp.transpose(x, (2, 4, 5, 0, 1, 3)).reshape(g_y * g_x * neighbours, rois, size,
                                                      size)
