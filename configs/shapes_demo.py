@@ -27,6 +27,9 @@ def get_config():
   m.rpn.post_nms_topk_train = 128
   m.rpn.post_nms_topk_test = 64
   m.rpn.batch_size_per_image = 64
+  # The smooth L1 box losses the demo's recorded results were trained with.
+  m.rpn.box_loss, m.rpn.smooth_l1_beta = 'smooth_l1', 1.0 / 9.0
+  m.roi_heads.box_loss, m.roi_heads.smooth_l1_beta = 'smooth_l1', 1.0
   m.roi_heads.batch_size_per_image = 64
   m.roi_heads.detections_per_image = 20
   m.box_head.fc_dim = 256

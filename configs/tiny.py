@@ -18,6 +18,9 @@ def get_config():
   m.rpn.pre_nms_topk_train = 64
   m.rpn.post_nms_topk_train = 32
   m.rpn.batch_size_per_image = 32
+  # The smooth L1 recipe the tests were written against (the default is now L1).
+  m.rpn.box_loss, m.rpn.smooth_l1_beta = 'smooth_l1', 1.0 / 9.0
+  m.roi_heads.box_loss, m.roi_heads.smooth_l1_beta = 'smooth_l1', 1.0
   m.roi_heads.batch_size_per_image = 16
   m.box_head.fc_dim = 32
   m.mask_head.conv_dim = 8

@@ -35,6 +35,10 @@ def default_config() -> ml_collections.ConfigDict:
   m.backbone.freeze_at = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ... 5: all
   m.backbone.stride_in_1x1 = False  # False: torchvision (v1.5); True: original MSRA
   m.backbone.base_width = 64  # stem / res2 channels; 64 in every ImageNet ResNet
+  # ResNeXt: groups of each bottleneck 3x3 conv and their width at base width 64
+  # (Detectron2's RESNETS.NUM_GROUPS / WIDTH_PER_GROUP); 1 / 64 is ResNet, 32 / 8 X101.
+  m.backbone.groups = 1
+  m.backbone.width_per_group = 64
 
   m.fpn = ml_collections.ConfigDict()
   m.fpn.channels = 256
@@ -58,16 +62,18 @@ def default_config() -> ml_collections.ConfigDict:
   m.rpn.bg_iou_threshold = 0.3
   m.rpn.batch_size_per_image = 256
   m.rpn.positive_fraction = 0.5
-  m.rpn.box_loss = 'smooth_l1'  # smooth_l1 | l1
-  m.rpn.smooth_l1_beta = 1.0 / 9.0
+  # Detectron2's 1x regresses boxes with L1 (SMOOTH_L1_BETA 0.0) in the RPN and the box
+  # head; the smooth L1 of Detectron1 / torchvision is configs/ablations/noaug.py's.
+  m.rpn.box_loss = 'l1'  # smooth_l1 | l1
+  m.rpn.smooth_l1_beta = 0.0  # smooth_l1 only
   m.rpn.box_coder_weights = (1.0, 1.0, 1.0, 1.0)
 
   m.roi_heads = ml_collections.ConfigDict()
   m.roi_heads.batch_size_per_image = 512
   m.roi_heads.positive_fraction = 0.25
   m.roi_heads.fg_iou_threshold = 0.5
-  m.roi_heads.box_loss = 'smooth_l1'  # smooth_l1 | l1
-  m.roi_heads.smooth_l1_beta = 1.0
+  m.roi_heads.box_loss = 'l1'  # smooth_l1 | l1
+  m.roi_heads.smooth_l1_beta = 0.0  # smooth_l1 only
   m.roi_heads.box_coder_weights = (10.0, 10.0, 5.0, 5.0)
   m.roi_heads.score_threshold = 0.05
   m.roi_heads.nms_threshold = 0.5
@@ -81,7 +87,12 @@ def default_config() -> ml_collections.ConfigDict:
   m.roi_op = 'align'  # align | pool
   m.roi_align = ml_collections.ConfigDict()
   m.roi_align.aligned = True  # Detectron2's half-pixel shift; torchvision: False
-  m.roi_align.sampling_ratio = 2  # static sample points per bin side (> 0)
+  # Sample points per bin side: N > 0 static; 0 adaptive, ceil(RoI size / bins) per bin
+  # side as Detectron2's POOLER_SAMPLING_RATIO 0 (configs/detectron2/*), on a static
+  # max_sampling_ratio grid with the unused samples masked: exact for RoIs up to
+  # max_sampling_ratio * bins cells a side (ops/roi_align.py).
+  m.roi_align.sampling_ratio = 2
+  m.roi_align.max_sampling_ratio = 8
   m.roi_pool = ml_collections.ConfigDict()
   m.roi_pool.max_bin_cells = 8  # RoIPool is exact for bins up to this many cells a side
 
@@ -94,6 +105,25 @@ def default_config() -> ml_collections.ConfigDict:
   m.mask_head.conv_dim = 256
   m.mask_head.num_convs = 4
   m.mask_head.resolution = 28
+  m.mask_head.enabled = True  # False: no mask head, masks or mask loss (Keypoint R-CNN)
+
+  # Keypoint head (the paper's section 5, torchvision's / Detectron2's Keypoint R-CNN):
+  # 8 x (3x3 conv, 512) on 14 x 14 RoI features, a 4x4 stride-2 deconv to K channels and
+  # 2x bilinear upsampling to 56 x 56 logits, one softmax over the cells per keypoint.
+  m.keypoint_head = ml_collections.ConfigDict()
+  m.keypoint_head.enabled = False  # off: outputs, losses and variables as without it
+  m.keypoint_head.num_keypoints = 17  # K (COCO person)
+  m.keypoint_head.num_convs = 8
+  m.keypoint_head.conv_dim = 512
+  m.keypoint_head.pooled_size = 14
+  m.keypoint_head.heatmap_size = 56  # 4 x pooled_size: the deconv and the upsampling
+  # Training runs the head on the sampled foreground prefix (as the mask head), at most
+  # roi_heads.batch_size_per_image * positive_fraction RoIs per image.
+  # True: loss = sum over visible keypoints / their number in the batch (Detectron2's
+  # NORMALIZE_LOSS_BY_VISIBLE_KEYPOINTS, torchvision's mean); False: / (images x
+  # foreground RoIs per image x K), Detectron2's fixed normalizer.
+  m.keypoint_head.normalize_by_visible = True
+  m.keypoint_head.loss_weight = 1.0
 
   m.mask_loss = 'sigmoid'  # sigmoid | softmax
   m.class_agnostic_mask = False
@@ -108,7 +138,9 @@ def default_config() -> ml_collections.ConfigDict:
   d.tfds_data_dir = ''
   d.tfds_train_split = 'train'  # splits of the prepared coco_instances (data/tfds_coco.py)
   d.tfds_val_split = 'val'
-  d.resize_mode = 'shorter_side'  # shorter_side (Detectron2) | square (TPU style)
+  # shorter_side (torchvision's floor rounding) | shortest_edge (Detectron2's
+  # ResizeShortestEdge: sides rounded to nearest) | square (TPU style)
+  d.resize_mode = 'shorter_side'
   d.min_size = 800  # shorter side target (shorter_side mode; evaluation and Predictor)
   # Training shorter sides, one drawn per image (shorter_side mode; Detectron2's
   # MIN_SIZE_TRAIN with 'choice' sampling); () trains at min_size.
@@ -117,6 +149,7 @@ def default_config() -> ml_collections.ConfigDict:
   # How pixels are resized, in the pipeline and the Predictor alike: 'opencv' (bilinear
   # on uint8, images travel as uint8) | 'torch' (torchvision's exact float32 resize,
   # images travel as float32: 4x the bytes; configs/torchvision_r50_fpn.py).
+  # 'pillow': Pillow's bilinear on uint8, Detectron2's ResizeTransform (configs/detectron2).
   d.resize_backend = 'opencv'
   # The main (largest) landscape canvas, (height, width), multiples of 64: every image
   # fits it. 832 x 1344 holds any 800 / 1333 resize once portraits are transposed.
@@ -135,6 +168,9 @@ def default_config() -> ml_collections.ConfigDict:
   d.lsj_scale_range = (0.1, 2.0)
   d.max_instances = 100
   d.mask_size = 112  # ground-truth masks cropped to their box, resized to this
+  # K > 0: batches carry gt_keypoints [B, N, K, 3] (the dataset's K keypoints; the
+  # keypoint head's model.keypoint_head.num_keypoints). 0: no keypoints read.
+  d.num_keypoints = 0
   d.random_flip = True
   d.filter_empty_train = True  # drop training images without (non-crowd) instances
   d.num_workers = 2  # grain worker processes preparing batches; 0: in the main process
@@ -166,6 +202,13 @@ def default_config() -> ml_collections.ConfigDict:
   # torchvision's GeneralizedRCNNTransform does with 32.
   e.pad_to_multiple = 0
   e.mask_paste = 'bilinear'  # bilinear (Detectron2) | torchvision
+  # COCOeval engine: faster_coco_eval (C++) | pycocotools (the reference; same tables).
+  e.engine = 'faster_coco_eval'
+  # Processes pasting and RLE-encoding masks beside the devices (spawned): -1 one per
+  # core (at most 8), 0 none (threads of the main process).
+  e.host_workers = -1
+  # COCOeval's per-keypoint OKS sigmas; () takes COCO's 17 person sigmas (K must be 17).
+  e.keypoint_oks_sigmas = ()
 
   c.lock()
   return c

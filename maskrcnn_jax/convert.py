@@ -148,6 +148,24 @@ def mask_head_table(num_convs: int = 4) -> list:
   return rows
 
 
+def keypoint_head_table(num_convs: int = 8) -> list:
+  """Rows for KeypointRCNNHeads + KeypointRCNNPredictor (under 'roi_heads.') -> `KeypointHead`.
+
+  The head is a Sequential of (conv, ReLU) pairs, so conv i (1-based) is entry 2 (i - 1).
+  """
+  rows = []
+  for i in range(1, num_convs + 1):
+    rows += _conv_rows(f'keypoint_head.{2 * (i - 1)}', f'keypoint_fcn{i}')
+  rows += _conv_rows('keypoint_predictor.kps_score_lowres', 'kps_score_lowres',
+                     kernel=deconv_kernel)
+  return rows
+
+
+_ROI_HEAD_PARTS = {'box_head': ('box_head.', 'box_predictor.'),
+                   'mask_head': ('mask_head.', 'mask_predictor.'),
+                   'keypoint_head': ('keypoint_head.', 'keypoint_predictor.')}
+
+
 def _merge_under(trees: Mapping[str, dict]) -> dict[str, dict]:
   """{submodule: {collection: tree}} -> {collection: {submodule: tree}}."""
   merged = {}
@@ -158,8 +176,11 @@ def _merge_under(trees: Mapping[str, dict]) -> dict[str, dict]:
 
 
 def from_torchvision(state_dict: Mapping[str, np.ndarray]) -> dict[str, dict]:
-  """A torchvision `maskrcnn_resnet50_fpn` state dict -> `mask_rcnn.MaskRCNN` variables.
+  """A torchvision `maskrcnn_resnet50_fpn` or `keypointrcnn_resnet50_fpn` state dict ->
+  `mask_rcnn.MaskRCNN` variables.
 
+  The heads present in the state dict are converted (a Keypoint R-CNN has no mask head:
+  its config sets model.mask_head.enabled False and model.keypoint_head.enabled True).
   Every key must be converted (num_batches_tracked counters aside): a key under no known
   prefix, or missing from one, is an error naming it.
   """
@@ -168,17 +189,23 @@ def from_torchvision(state_dict: Mapping[str, np.ndarray]) -> dict[str, dict]:
                  and not k.endswith('num_batches_tracked'))
   if stray:
     raise KeyError(f'cannot convert the state dict: unexpected keys {stray}')
-  num_convs = len({k.split('.')[2] for k in state_dict
-                   if k.startswith('roi_heads.mask_head.')})
-  return _merge_under({
+  convs = lambda head: {k.split('.')[2] for k in state_dict
+                        if k.startswith(f'roi_heads.{head}.') and k.endswith('.weight')}
+  tables = {'box_head': box_head_table()}
+  if convs('mask_head'):
+    tables['mask_head'] = mask_head_table(len(convs('mask_head')))
+  if convs('keypoint_head'):
+    tables['keypoint_head'] = keypoint_head_table(len(convs('keypoint_head')))
+  trees = {
       'backbone': convert_resnet(state_dict, 'backbone.body.'),
       'fpn': convert_fpn(state_dict, 'backbone.fpn.'),
       'rpn': convert_table(state_dict, 'rpn.head.', rpn_table()),
-      'box_head': convert_table(state_dict, 'roi_heads.', box_head_table(),
-                                ignore=('mask_head.', 'mask_predictor.')),
-      'mask_head': convert_table(state_dict, 'roi_heads.', mask_head_table(num_convs),
-                                 ignore=('box_head.', 'box_predictor.')),
-  })
+  }
+  for head, table in tables.items():
+    others = tuple(p for name, parts in _ROI_HEAD_PARTS.items() if name != head
+                   for p in parts if name in tables)
+    trees[head] = convert_table(state_dict, 'roi_heads.', table, ignore=others)
+  return _merge_under(trees)
 
 
 def convert_resnet(state_dict: Mapping[str, np.ndarray], prefix: str) -> dict[str, dict]:
@@ -234,3 +261,9 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ValueError(f'{path} holds a {type(state_dict).__name__}, not a state dict')
   return {key: (value.float() if value.is_floating_point() else value).numpy()
           for key, value in state_dict.items()}
+
+
+def from_detectron2(path_or_state_dict, input_format: str = 'BGR') -> dict[str, dict]:
+  """A Detectron2 Mask R-CNN checkpoint -> our variables: convert_detectron2.from_detectron2."""
+  from maskrcnn_jax import convert_detectron2  # pylint: disable=import-outside-toplevel
+  return convert_detectron2.from_detectron2(path_or_state_dict, input_format)

@@ -3,8 +3,8 @@
 A fixed-shape model exports whole: uint8 images on one canvas and their image_info in;
 fixed-size detections (boxes, scores, classes, mask probabilities, valid flags) out. The
 host work around it (resize, transpose and pad before; transpose back, rescale and paste
-after) is what `Predictor.preprocess` and `Predictor.predict_batch` do around their
-jitted forward.
+after) is the plain functions of maskrcnn_jax/serving.py, which `Predictor` calls around
+its jitted forward and `predict` calls around an artifact.
 
 An artifact is a folder:
   model.stablehlo   `jax.export` serialization of the forward with the weights inside,
@@ -12,6 +12,7 @@ An artifact is a folder:
   metadata.json     canvas, batch, inputs, outputs, classes, preprocessing
 """
 
+import contextlib
 import json
 import os
 from typing import Any, Sequence
@@ -22,9 +23,11 @@ import ml_collections
 import numpy as np
 
 from maskrcnn_jax import image_info as info_lib
+from maskrcnn_jax import serving
 from maskrcnn_jax.model import mask_rcnn
 
 STABLEHLO_FILE = 'model.stablehlo'
+SAVED_MODEL_DIR = 'saved_model'
 METADATA_FILE = 'metadata.json'
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 
@@ -80,6 +83,7 @@ def metadata(config: ml_collections.ConfigDict, batch_size: int, canvas: tuple[i
       'category_ids': [int(i) for i in category_ids] if category_ids is not None else None,
       'preprocessing': {
           'resize_mode': d.resize_mode, 'min_size': d.min_size, 'max_size': d.max_size,
+          'resize_backend': d.resize_backend,
           'transpose_portrait': bool(d.get('transpose_portrait', False)),
           'pixel_mean_rgb': list(m.pixel_mean_rgb), 'pixel_std_rgb': list(m.pixel_std_rgb),
       },
@@ -113,3 +117,86 @@ def run(exported: jax.export.Exported, images: np.ndarray, image_info: np.ndarra
   """The artifact on one batch, as NumPy."""
   return jax.device_get(exported.call(jnp.asarray(images, jnp.uint8),
                                       jnp.asarray(image_info, jnp.float32)))
+
+
+def predict(exported: jax.export.Exported, meta: dict[str, Any],
+            images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+  """Raw [H, W, 3] uint8 RGB images -> detections in original pixels, through an artifact.
+
+  What a server does with nothing but the artifact folder: `serving.preprocess` onto the
+  artifact's canvas in batches of its size (the last one filled with empty slots), the
+  program, then `serving.postprocess`. Returns per image what `Predictor` returns.
+  """
+  config = serving.config_from_metadata(meta)
+  batch_size, canvas = meta['batch_size'], tuple(meta['canvas'])
+  results = []
+  for start in range(0, len(images), batch_size):
+    chunk = [serving.check_image(image, f'image {start + i}')
+             for i, image in enumerate(images[start:start + batch_size])]
+    batch, infos = serving.preprocess(chunk, config, canvas=canvas, batch_size=batch_size)
+    outputs = run(exported, batch, infos)
+    results += serving.postprocess(outputs, [image.shape[:2] for image in chunk], infos,
+                                   config, meta.get('category_ids'))
+  return results
+
+
+@contextlib.contextmanager
+def _stablehlo_readable_by_tensorflow():
+  """Serializes StableHLO for consumers 12 weeks old instead of jax's default 4.
+
+  jax 0.10 writes StableHLO 1.15 (its 4-week window); TensorFlow 2.21's XlaCallModule
+  reads up to 1.13.7, the 12-week window. jax.export has no public switch for this, so
+  the requirement is swapped inside jax's exporter for the duration of one export (a
+  private hook: if it moves, the export runs unchanged and TensorFlow names the version).
+  """
+  from jax._src.export import _export  # pylint: disable=import-outside-toplevel
+  hlo = getattr(_export, 'hlo', None)
+  if hlo is None or not hasattr(hlo, 'StablehloCompatibilityRequirement'):
+    yield
+    return
+
+  class _Week12:
+    def __getattr__(self, name):
+      return getattr(hlo, name)
+
+    def get_version_from_compatibility_requirement(self, _):
+      return hlo.get_version_from_compatibility_requirement(
+          hlo.StablehloCompatibilityRequirement.WEEK_12)
+
+  _export.hlo = _Week12()
+  try:
+    yield
+  finally:
+    _export.hlo = hlo
+
+
+def export_saved_model(config: ml_collections.ConfigDict, variables: Any, batch_size: int,
+                       out_dir: str, canvas: tuple[int, int] | None = None,
+                       platforms: Sequence[str] = ('cpu', 'cuda')) -> str:
+  """A TF SavedModel of the same forward (jax2tf, StableHLO inside XlaCallModule).
+
+  Needs TensorFlow (not a dependency of the package). The signature `serving_default`
+  takes `images` [B, H, W, 3] uint8 and `image_info` [B, 5] float32 and returns the
+  outputs of `export_stablehlo`. Returns the SavedModel's directory.
+  """
+  try:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError('--format saved_model needs TensorFlow: pip install tensorflow-cpu '
+                      f'({e})') from e
+  height, width = canvas or tuple(config.data.image_size)
+  model = mask_rcnn.MaskRCNN(config.model)
+  converted = jax2tf.convert(lambda images, image_info: model.apply(variables, images,
+                                                                    image_info),
+                             native_serialization_platforms=tuple(platforms),
+                             with_gradient=False)
+  serve = tf.function(converted, autograph=False, input_signature=[
+      tf.TensorSpec((batch_size, height, width, 3), tf.uint8, name='images'),
+      tf.TensorSpec((batch_size, info_lib.SIZE), tf.float32, name='image_info')])
+  module = tf.Module()
+  module.serve = serve
+  path = os.path.join(out_dir, SAVED_MODEL_DIR)
+  with _stablehlo_readable_by_tensorflow():
+    tf.saved_model.save(module, path, signatures=serve.get_concrete_function())
+  return path

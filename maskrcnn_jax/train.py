@@ -131,8 +131,9 @@ def _check_finite(history: list[dict[str, np.ndarray]], first_step: int,
   before `history`, and `history`) and the last checkpoint saved before it.
   """
   for offset, values in enumerate(history):
-    bad = sorted(k for k in ('total', 'rpn_cls', 'rpn_box', 'cls', 'box', 'mask', 'grad_norm')
-                 if not np.isfinite(values[k]))
+    bad = sorted(k for k in ('total', 'rpn_cls', 'rpn_box', 'cls', 'box', 'mask', 'keypoint',
+                             'grad_norm')
+                 if k in values and not np.isfinite(values[k]))
     if not bad:
       continue
     step = first_step + offset + 1
@@ -174,6 +175,19 @@ def _mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
+def _check_keypoints(config: ml_collections.ConfigDict, dataset: coco.CocoDataset) -> None:
+  """The keypoint head, the batches and the dataset agree on K (or the head is off)."""
+  head = config.model.keypoint_head
+  if not head.enabled:
+    return
+  found = len(dataset.keypoint_names)
+  if not head.num_keypoints == config.data.num_keypoints == found:
+    raise ValueError(
+        f'config.model.keypoint_head.num_keypoints = {head.num_keypoints} and '
+        f'config.data.num_keypoints = {config.data.num_keypoints} must both equal the '
+        f'{found} keypoints declared by {dataset.annotation_file}')
+
+
 def _load_datasets(config: ml_collections.ConfigDict
                    ) -> tuple[coco.CocoDataset, coco.CocoDataset | None]:
   """The train split and the val split (None without one), checked against the model.
@@ -183,6 +197,7 @@ def _load_datasets(config: ml_collections.ConfigDict
   train_set = pipeline.load_split(config.data, 'train')
   coco.check_num_classes(config.model.num_classes, train_set.category_ids,
                          train_set.annotation_file)
+  _check_keypoints(config, train_set)
   if not (config.data.val_annotations or config.data.dataset == 'tfds'):
     return train_set, None
   val_set = pipeline.load_split(config.data, 'val')
@@ -246,7 +261,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def run_eval(step):
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    metrics = evaluator(variables, workdir=os.path.join(workdir, 'eval'), progress=is_main)
+    # The checkpoint of this step when one was saved; eval/metrics_by_step.json keeps
+    # every evaluated step.
+    saved = step in checkpoint.train_steps(checkpoint_dir)
+    metrics = evaluator(variables, workdir=os.path.join(workdir, 'eval'), progress=is_main,
+                        checkpoint=os.path.join(checkpoint_dir, str(step)) if saved else None,
+                        step=step)
     log.eval_metrics(step, evaluate.flat_metrics(metrics))
     return metrics
 

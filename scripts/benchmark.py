@@ -18,6 +18,10 @@ timed times; the table gives the median. Modes:
     detections_per_image masks whatever the random weights score.
   input: the input pipeline alone over `--annotations/--images` (images/s with 1 and
     `--workers` processes, bytes per image, seconds per stage).
+  eval: evaluation's host side and COCOeval (maskrcnn_jax/eval_benchmark.py, no
+    --config): paste + RLE images/s at 100 detections per image on 480 x 640 images, in
+    this process and in `--workers` processes, and COCOeval seconds of
+    `--eval-cocoeval-images` synthetic images (jittered ground truth) per engine.
 For every compiled program the JSON and the table give what XLA says of it
 (maskrcnn_jax/xla_stats.py): FLOPs and temp memory per image, and its while loops with
 and without a static trip count; with `--peak-tflops`, the model FLOP utilization
@@ -540,8 +544,9 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--config', required=True, help='configs/X.py, or configs/X.py:arg')
-  parser.add_argument('--mode', choices=('train', 'infer', 'input'), required=True)
+  parser.add_argument('--config', default='',
+                      help='configs/X.py, or configs/X.py:arg (all modes but eval)')
+  parser.add_argument('--mode', choices=('train', 'infer', 'input', 'eval'), required=True)
   parser.add_argument('--batch', type=parse_batches, default=[1],
                       help='images per step; several cases: 1,8')
   parser.add_argument('--dtype', type=parse_dtypes, default=None,
@@ -565,10 +570,23 @@ def main():
   parser.add_argument('--images', default='', help='the image folder of --annotations')
   parser.add_argument('--workers', type=int, default=2,
                       help='worker processes of --mode input (also measured with 1)')
+  parser.add_argument('--eval-images', type=int, default=200,
+                      help='--mode eval: images pasted and encoded per host row')
+  parser.add_argument('--eval-cocoeval-images', type=int, default=5000,
+                      help='--mode eval: images of the synthetic COCOeval (0: skip it)')
+  parser.add_argument('--eval-engines', default='faster_coco_eval,pycocotools',
+                      help='--mode eval: COCOeval engines to time')
+  parser.add_argument('--eval-paste', choices=('bilinear', 'torchvision'), default='bilinear',
+                      help='--mode eval: the paste method')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--output', default='', help='write the results as JSON here')
   parser.add_argument('--markdown', default='', help='append the Markdown table here')
   args = parser.parse_args()
+  if args.mode == 'eval':
+    run_eval_mode(args)
+    return
+  if not args.config:
+    parser.error(f'--mode {args.mode} needs --config')
   if args.steps <= 0 or args.warmup < 0 or args.peak_tflops < 0:
     parser.error('--steps must be positive, --warmup and --peak-tflops not negative')
   if args.image_size and any(side % 64 for side in args.image_size):
@@ -640,6 +658,23 @@ def main():
         result['cases'].append(case)
         print(f'batch {batch} {config.model.dtype}: done', file=sys.stderr, flush=True)
   table = markdown_table(result)
+  print(table)
+  if args.output:
+    with open(args.output, 'w') as f:
+      json.dump(result, f, indent=1)
+  if args.markdown:
+    with open(args.markdown, 'a') as f:
+      f.write('\n' + table)
+
+
+def run_eval_mode(args: argparse.Namespace) -> None:
+  """--mode eval: maskrcnn_jax/eval_benchmark.py (host paste + RLE, COCOeval)."""
+  from maskrcnn_jax import eval_benchmark  # pylint: disable=import-outside-toplevel
+  result = eval_benchmark.run(args.eval_images, args.workers, args.eval_cocoeval_images,
+                              args.eval_engines.split(','), mask_paste=args.eval_paste)
+  result.update(mode='eval', date=datetime.datetime.now().isoformat(timespec='seconds'),
+                machine=f'{cpu_name()}, {os.cpu_count()} CPUs')
+  table = eval_benchmark.markdown_table(result)
   print(table)
   if args.output:
     with open(args.output, 'w') as f:

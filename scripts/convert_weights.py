@@ -1,9 +1,13 @@
-"""Converts torchvision weights (.pth) to an orbax checkpoint of our variables.
+"""Converts torchvision or Detectron2 weights to an orbax checkpoint of our variables.
 
   python scripts/convert_weights.py --kind maskrcnn maskrcnn_resnet50_fpn_coco.pth out_dir
   python scripts/convert_weights.py --kind resnet resnet50-0676ba61.pth backbone_dir
+  python scripts/convert_weights.py --kind detectron2 model_final_f10217.pkl out_dir
 
-Needs torch to read the .pth file (read with weights_only=True, so it cannot run code).
+torchvision's .pth files need torch (read with weights_only=True, so they cannot run
+code). Detectron2's model-zoo .pkl and Checkpointer .pth files are read without torch by
+a restricted unpickler that refuses anything but arrays, dicts, lists, strings and
+numbers; evaluate them with the matching configs/detectron2/*.py.
 """
 
 import argparse
@@ -15,14 +19,20 @@ from maskrcnn_jax import convert
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--kind', choices=('maskrcnn', 'resnet'), default='maskrcnn',
+  parser.add_argument('--kind', choices=('maskrcnn', 'resnet', 'detectron2'),
+                      default='maskrcnn',
                       help='maskrcnn: a maskrcnn_resnet50_fpn state dict; '
-                           'resnet: an ImageNet classification ResNet (backbone only)')
-  parser.add_argument('source', help='the .pth file')
+                           'resnet: an ImageNet classification ResNet or ResNeXt (backbone '
+                           'only); detectron2: a Detectron2 Mask R-CNN (.pkl or .pth)')
+  parser.add_argument('source', help='the .pth (or Detectron2 .pkl) file')
   parser.add_argument('destination', help='new directory for the orbax checkpoint')
   parser.add_argument('--verbose', action='store_true',
                       help=f'print the full traceback of an error (or set {cli.VERBOSE_ENV}=1)')
   args = parser.parse_args()
+  if args.kind == 'detectron2':
+    checkpoint.save_variables(args.destination, convert.from_detectron2(args.source))
+    print(f'wrote {args.destination}')
+    return
   state_dict = convert.load_torch_state_dict(args.source)
   if args.kind == 'maskrcnn':
     variables = convert.from_torchvision(state_dict)

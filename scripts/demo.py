@@ -38,7 +38,8 @@ def main(argv):
   start = time.perf_counter()
   splits = shapes.write_shapes(os.path.join(workdir, 'shapes'), num_train=_NUM_TRAIN.value,
                                num_val=_NUM_VAL.value, image_size=config.data.image_size[0],
-                               seed=config.train.seed)
+                               seed=config.train.seed,
+                               keypoints=config.data.num_keypoints > 0)
   config.data.train_annotations, config.data.train_images = splits['train']
   config.data.val_annotations, config.data.val_images = splits['val']
   print(f'shapes dataset: {_NUM_TRAIN.value} train and {_NUM_VAL.value} val images in '
@@ -46,8 +47,11 @@ def main(argv):
 
   result = train.train_and_evaluate(config, workdir)
   metrics = result['eval']
+  keypoint_ap = (f', keypoint AP {metrics["keypoints"]["AP"]:.3f}'
+                 if 'keypoints' in metrics else '')
   print(f'after {result["step"]} steps: bbox AP {metrics["bbox"]["AP"]:.3f}, segm AP '
-        f'{metrics["segm"]["AP"]:.3f} ({os.path.join(workdir, "eval", "metrics.json")})')
+        f'{metrics["segm"]["AP"]:.3f}{keypoint_ap} '
+        f'({os.path.join(workdir, "eval", "metrics.json")})')
 
   val = pipeline.load_split(config.data, 'val')
   variables = checkpoint.load_variables(os.path.join(workdir, 'checkpoints'))

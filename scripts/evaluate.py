@@ -1,18 +1,27 @@
-r"""COCO box and mask AP of a checkpoint on the config's val split.
+r"""COCO box and mask AP of a checkpoint on the config's val split, or of results files.
 
   python scripts/evaluate.py --config configs/maskrcnn_r50_fpn_1x.py \
       --checkpoint runs/r50/checkpoints --workdir runs/r50/eval \
       --config.eval.batch_size=16
 
+  python scripts/evaluate.py --results runs/r50/eval/results_bbox.json \
+      runs/r50/eval/results_segm.json --annotations instances_val2017.json
+
 `--checkpoint` is a `save_variables` directory (e.g. converted weights), a training
 checkpoint directory (its newest step) or one step of it. `model.num_classes` must be
 the val split's number of categories (or its largest category id, for torchvision's
 COCO models whose labels are category ids). Prints both COCO tables and writes
-results_bbox.json, results_segm.json and metrics.json into --workdir. Multi-host runs
-start jax.distributed from the cluster environment or the explicit flags.
+results_bbox.json, results_segm.json and metrics.json (naming the checkpoint and its
+step) into --workdir. Multi-host runs start jax.distributed from the cluster environment
+or the explicit flags.
+
+`--results` evaluates existing COCO results files with no model: each file's type
+(bbox or segm) is read from its entries; the ground truth is `--annotations` or the
+val split of `--config`. With --workdir, metrics.json goes there.
 """
 
 import json
+import os
 
 from absl import app
 from absl import flags
@@ -21,6 +30,7 @@ from ml_collections import config_flags
 import distributed_flags
 from maskrcnn_jax import checkpoint
 from maskrcnn_jax import cli
+from maskrcnn_jax import coco_eval
 from maskrcnn_jax import evaluate
 from maskrcnn_jax import parallel
 from maskrcnn_jax.data import coco
@@ -29,14 +39,62 @@ from maskrcnn_jax.data import pipeline
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'orbax checkpoint directory')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'where the results and metrics go')
+_RESULTS = flags.DEFINE_string(
+    'results', None, 'a COCO results file to evaluate without a model; more files may '
+    'follow it as arguments (--results results_bbox.json results_segm.json)')
+_ANNOTATIONS = flags.DEFINE_string(
+    'annotations', None, 'the ground-truth COCO annotation file for --results (default: '
+    "the config's val split)")
+_ENGINE = flags.DEFINE_enum('engine', None, list(coco_eval.ENGINES),
+                            'COCOeval engine for --results (default: eval.engine)')
+
+
+def checkpoint_step(path: str) -> int | None:
+  """The training step `checkpoint.load_variables(path)` reads (None: not a train state)."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'default')):
+    name = os.path.basename(path)
+    return int(name) if name.isdigit() else None
+  return checkpoint.latest_train_step(path)
+
+
+def evaluate_results_files(paths: list[str]) -> None:
+  config = _CONFIG.value
+  engine = _ENGINE.value or (config.eval.engine if config is not None else
+                             'faster_coco_eval')
+  if _ANNOTATIONS.value:
+    ground_truth = coco_eval.GroundTruth.from_file(_ANNOTATIONS.value)
+  elif config is not None:
+    ground_truth = evaluate.ground_truth(pipeline.load_split(config.data, 'val'))
+  else:
+    raise app.UsageError('--results needs --annotations or --config (its val split)')
+  names = {int(c['id']): c.get('name', str(c['id']))
+           for c in ground_truth.dataset['categories']}
+  metrics = {}
+  for path in paths:
+    iou_type, results = coco_eval.read_results(path, ground_truth)
+    if iou_type in metrics:
+      raise ValueError(f'{path}: a second {iou_type} results file')
+    print(f'COCO {iou_type}: {len(results)} results from {path}')
+    table = coco_eval.coco_table(ground_truth, results, iou_type, engine, print_table=True)
+    table['per_category'] = {names[c]: ap for c, ap in table['per_category'].items()}
+    metrics[iou_type] = table
+  metrics.update(results_files=[os.path.abspath(p) for p in paths], engine=engine,
+                 checkpoint=None, step=None)
+  if _WORKDIR.value:
+    evaluate.write_metrics(_WORKDIR.value, metrics)
+  print(json.dumps(evaluate.flat_metrics(metrics), indent=1))
 
 
 def main(argv):
+  if _RESULTS.value:
+    evaluate_results_files([_RESULTS.value] + list(argv[1:]))
+    return
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   if config is None or not _CHECKPOINT.value or not _WORKDIR.value:
-    raise app.UsageError('--config, --checkpoint and --workdir are required')
+    raise app.UsageError('--config, --checkpoint and --workdir are required (or --results)')
   distributed_flags.initialize()
   dataset = pipeline.load_split(config.data, 'val')
   coco.check_num_classes(config.model.num_classes, dataset.category_ids,
@@ -44,7 +102,9 @@ def main(argv):
   coco.check_evaluation_fields(dataset.annotation_file)
   variables = checkpoint.load_variables(_CHECKPOINT.value)
   evaluator = evaluate.Evaluator(config, dataset, parallel.data_mesh())
-  metrics = evaluator(variables, workdir=_WORKDIR.value)
+  metrics = evaluator(variables, workdir=_WORKDIR.value,
+                      checkpoint=os.path.abspath(_CHECKPOINT.value),
+                      step=checkpoint_step(_CHECKPOINT.value))
   print(json.dumps(evaluate.flat_metrics(metrics), indent=1))
 
 

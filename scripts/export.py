@@ -13,6 +13,7 @@ training run saved in its workdir. Serve it with
 around the host steps of `Predictor.preprocess` and `Predictor.predict_batch`.
 """
 
+import json
 import os
 
 from absl import app
@@ -28,7 +29,8 @@ from maskrcnn_jax.data import transforms
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'a checkpoint directory (see above)')
-_FORMAT = flags.DEFINE_enum('format', 'stablehlo', ['stablehlo'], 'artifact format')
+_FORMAT = flags.DEFINE_enum('format', 'stablehlo', ['stablehlo', 'saved_model'],
+                            'artifact format (saved_model needs TensorFlow)')
 _BATCH = flags.DEFINE_integer('batch', 1, 'images per call of the artifact')
 _CANVAS = flags.DEFINE_string('canvas', '', 'HxW, one of the config canvases (default: '
                               'data.image_size)')
@@ -68,9 +70,16 @@ def main(argv):
     coco.check_num_classes(config.model.num_classes, ids,
                            _ANNOTATIONS.value or _CHECKPOINT.value)
   variables = checkpoint.load_variables(_CHECKPOINT.value)
+  meta = export.metadata(config, _BATCH.value, canvas, names, ids)
+  if _FORMAT.value == 'saved_model':
+    path = export.export_saved_model(config, variables, _BATCH.value, _OUT.value, canvas)
+    meta['format'] = 'saved_model'
+    with open(os.path.join(_OUT.value, export.METADATA_FILE), 'w') as f:
+      json.dump(meta, f, indent=1)
+    print(f'wrote {path} (batch {_BATCH.value}, canvas {canvas[0]}x{canvas[1]})')
+    return
   exported = export.export_stablehlo(config, variables, _BATCH.value, canvas)
-  export.save(_OUT.value, exported,
-              export.metadata(config, _BATCH.value, canvas, names, ids))
+  export.save(_OUT.value, exported, meta)
   print(f'wrote {os.path.join(_OUT.value, export.STABLEHLO_FILE)} '
         f'(batch {_BATCH.value}, canvas {canvas[0]}x{canvas[1]}, {", ".join(export.PLATFORMS)})')
 

@@ -26,6 +26,9 @@ ABLATIONS = {
     'softmax_mask': {'model.mask_loss': 'softmax'},
     'class_agnostic_mask': {'model.class_agnostic_mask': True},
     'resnet101': {'model.backbone.depth': 101},
+    'noaug': {'model.rpn.box_loss': 'smooth_l1', 'model.rpn.smooth_l1_beta': 1.0 / 9.0,
+              'model.roi_heads.box_loss': 'smooth_l1', 'model.roi_heads.smooth_l1_beta': 1.0,
+              'data.train_min_sizes': ()},
 }
 ABLATION_NAMES = sorted(p.stem for p in (CONFIGS / 'ablations').glob('*.py'))
 
@@ -82,6 +85,9 @@ def test_ablation_changes_only_its_switch(name, base):
   expected = dict(ABLATIONS[name])
   if name == 'resnet101' and _load(base).train.init_checkpoint:
     expected['train.init_checkpoint'] = 'weights/resnet101_imagenet'
+  if name == 'noaug':  # only what the base does not already have
+    before = _flatten(_load(base).to_dict())
+    expected = {k: v for k, v in expected.items() if before[k] != v}
   assert _changed(config, _load(base)) == expected
 
 
@@ -104,6 +110,17 @@ def test_1x_is_detectron2s_schedule_on_the_default_model():
   expected = [0.02 * 1e-3, 0.02 * (1e-3 * 0.5 + 0.5), 0.02, 0.02, 0.02, 0.002, 0.002, 0.002,
               0.0002, 0.0002]
   np.testing.assert_allclose([float(schedule(s)) for s in steps], expected, rtol=1e-5)
+
+
+def test_default_recipe_is_detectron2s_1x_and_noaug_is_the_old_one():
+  m = config_lib.default_config().model
+  assert (m.rpn.box_loss, m.rpn.smooth_l1_beta) == ('l1', 0.0)  # SMOOTH_L1_BETA 0.0
+  assert (m.roi_heads.box_loss, m.roi_heads.smooth_l1_beta) == ('l1', 0.0)
+  assert config_lib.default_config().data.train_min_sizes == (640, 672, 704, 736, 768, 800)
+  assert _changed(_load('ablations/noaug'), _load('maskrcnn_r50_fpn_1x')) == ABLATIONS['noaug']
+  tv = _load('torchvision_r50_fpn').model
+  assert (tv.rpn.box_loss, tv.rpn.smooth_l1_beta) == ('smooth_l1', 1.0 / 9.0)
+  assert (tv.roi_heads.box_loss, tv.roi_heads.smooth_l1_beta) == ('smooth_l1', 1.0 / 9.0)
 
 
 def test_3x_tpu_and_r101_schedules():

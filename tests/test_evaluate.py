@@ -68,7 +68,7 @@ def test_ground_truth_as_predictions_scores_one_on_shapes(tmp_path):
   # The TFDS path: the same split rebuilt from its records.
   no_file = dataclasses.replace(dataset, annotation_file=str(tmp_path / 'tfds val'))
   from_records = evaluate.ground_truth(no_file)
-  assert len(from_records.anns) == len(from_file.anns)
+  assert len(from_records.dataset["annotations"]) == len(from_file.dataset["annotations"])
   _assert_perfect(evaluate.coco_metrics(from_records, bbox_results, segm_results,
                                         _names(dataset)))
 
@@ -211,6 +211,17 @@ def test_evaluator_matches_a_per_image_predictor_loop(tmp_path):
   segm_results = json.loads((workdir / 'results_segm.json').read_text())
   assert {r['image_id'] for r in bbox_results} == {1, 2, 3, 4, 5}  # padding dropped
   assert len(segm_results) == len(bbox_results) > 0
+  # In the main process (threads) instead of worker processes: the same files.
+  config.eval.host_workers = 0
+  in_process = evaluator(variables, workdir=str(tmp_path / 'eval0'), progress=False,
+                         checkpoint='/runs/a/checkpoints/7', step=7)
+  for name in ('results_bbox.json', 'results_segm.json'):
+    assert (tmp_path / 'eval0' / name).read_text() == (workdir / name).read_text()
+  assert in_process['bbox'] == metrics['bbox'] and in_process['segm'] == metrics['segm']
+  written = json.loads((tmp_path / 'eval0' / 'metrics.json').read_text())
+  assert (written['checkpoint'], written['step']) == ('/runs/a/checkpoints/7', 7)
+  assert json.loads((tmp_path / 'eval0' / 'metrics_by_step.json').read_text()) == \
+      {'7': written}
 
   predictor = Predictor(config, variables, dataset.category_ids)
   for record in dataset.records:
@@ -258,6 +269,43 @@ def test_script_evaluates_a_checkpoint_and_names_a_missing_one(tmp_path):
                           capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert str(missing) in result.stderr
+
+
+def test_metrics_of_each_step_are_kept(tmp_path):
+  for step, ap in ((100, 0.25), (50, 0.125), (200, 0.5)):
+    evaluate.write_metrics(str(tmp_path), {'bbox': {'AP': ap}, 'step': step,
+                                           'checkpoint': f'ckpt/{step}'})
+  assert json.loads((tmp_path / 'metrics.json').read_text())['step'] == 200  # the latest
+  by_step = json.loads((tmp_path / 'metrics_by_step.json').read_text())
+  assert list(by_step) == ['50', '100', '200']
+  assert [m['bbox']['AP'] for m in by_step.values()] == [0.125, 0.25, 0.5]
+  assert json.loads((tmp_path / 'metrics_50.json').read_text())['checkpoint'] == 'ckpt/50'
+
+
+def test_script_evaluates_results_files_without_a_model(tmp_path):
+  dataset = _shapes_split(tmp_path)
+  bbox_results, segm_results = _known_detections(dataset)
+  paths = [tmp_path / 'results_bbox.json', tmp_path / 'results_segm.json']
+  for path, results in zip(paths, (bbox_results, segm_results)):
+    path.write_text(json.dumps(results))
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  command = [sys.executable, 'scripts/evaluate.py', '--results', str(paths[0]),
+             str(paths[1]), f'--annotations={dataset.annotation_file}']
+  result = subprocess.run(command + [f'--workdir={tmp_path / "eval"}', '--engine=pycocotools'],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+  expected = evaluate.coco_metrics(evaluate.ground_truth(dataset), bbox_results,
+                                   segm_results, _names(dataset), 'pycocotools')
+  for iou_type in evaluate.IOU_TYPES:
+    assert written[iou_type] == expected[iou_type]
+  assert written['results_files'] == [str(p) for p in paths]
+  assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all' in result.stdout
+  (tmp_path / 'bad.json').write_text('[{"image_id": 1}]')
+  result = subprocess.run(command[:3] + [str(tmp_path / 'bad.json')] + command[4:],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert "bad.json: entry 0 has no 'category_id'" in result.stderr
 
 
 def test_transposed_detections_give_the_untransposed_results():

@@ -114,3 +114,34 @@ def test_export_script_refuses_a_canvas_the_config_does_not_have(tmp_path):
 def test_load_names_a_folder_without_an_artifact(tmp_path):
   with pytest.raises(FileNotFoundError, match='no model.stablehlo'):
     export.load(str(tmp_path))
+
+
+# Loads a SavedModel in a process without JAX's model code: argv = saved model, inputs, out.
+RUN_SAVED_MODEL = '''
+import sys
+import numpy as np
+import tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']
+inputs = np.load(sys.argv[2])
+outputs = serve(images=tf.constant(inputs['images']), image_info=tf.constant(inputs['image_info']))
+np.savez(sys.argv[3], **{key: value.numpy() for key, value in outputs.items()})
+'''
+
+
+@pytest.mark.slow
+def test_saved_model_matches_the_model_in_a_fresh_process(tiny, tmp_path):
+  pytest.importorskip('tensorflow', reason='TensorFlow is not a test dependency; the '
+                      'SavedModel export is checked where it is installed')
+  config, model, variables = tiny
+  path = export.export_saved_model(config, variables, 2, str(tmp_path))
+  images, info = _inputs(config, 2)
+  np.savez(tmp_path / 'inputs.npz', images=images, image_info=info)
+  result = subprocess.run(
+      [sys.executable, '-c', RUN_SAVED_MODEL, path, str(tmp_path / 'inputs.npz'),
+       str(tmp_path / 'outputs.npz')], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  outputs = dict(np.load(tmp_path / 'outputs.npz'))
+  expected = jax.jit(model.apply)(variables, images, info)
+  assert outputs['valid'][0].any() and not outputs['valid'][1].any()  # padding: none
+  _check_same(outputs, expected)

@@ -97,7 +97,7 @@ def draw_geometry(height: int, width: int, data_config: ml_collections.ConfigDic
         rng.random(2) * [new_h - crop_h, new_w - crop_w]).astype(int)
     return Geometry(new_h, new_w, scale, flip, int(offset_y), int(offset_x), crop_h, crop_w)
   min_size = cfg.min_size
-  if cfg.resize_mode == 'shorter_side' and len(cfg.train_min_sizes):
+  if cfg.resize_mode in transforms.SHORTER_SIDE_MODES and len(cfg.train_min_sizes):
     min_size = int(cfg.train_min_sizes[rng.integers(len(cfg.train_min_sizes))])
   new_h, new_w, scale = transforms.resize_shape(height, width, cfg.resize_mode, min_size,
                                                 cfg.max_size)

@@ -77,6 +77,11 @@ class ImageRecord:
     segmentations: n COCO segmentations (polygon lists or RLE dicts).
     source: the annotation file (or TFDS split), for error messages.
     image_bytes: the encoded image, for records that do not read it from `path`.
+    keypoints: [n, K, 3] float32 COCO x, y (integer pixel indices of the original
+      image), visibility 0 / 1 / 2; zeros for instances of a category without
+      keypoints. None when the dataset has no keypoints.
+    keypoint_names: the K names (`keypoint_names` of the dataset), for the flip's
+      left/right swap.
   """
   image_id: int
   path: str
@@ -89,6 +94,8 @@ class ImageRecord:
   segmentations: tuple[Any, ...]
   source: str
   image_bytes: bytes | None = None
+  keypoints: np.ndarray | None = None
+  keypoint_names: tuple[str, ...] = ()
 
   @property
   def num_instances(self) -> int:
@@ -107,6 +114,7 @@ class CocoDataset:
     class_names: [K] category names, in the same order.
     skipped: count of each documented skip (`SKIP_REASONS`).
     annotation_file: the file read.
+    keypoint_names: the categories' `keypoints` names (COCO person's 17), () without.
   """
   records: Sequence[ImageRecord]
   instance_counts: np.ndarray
@@ -114,6 +122,7 @@ class CocoDataset:
   class_names: tuple[str, ...]
   skipped: dict[str, int]
   annotation_file: str
+  keypoint_names: tuple[str, ...] = ()
 
   def __len__(self) -> int:
     return len(self.records)
@@ -246,6 +255,28 @@ def check_box(bbox: Any, height: int, width: int, where: str, ann_id: Any,
   return clipped.astype(np.float32)
 
 
+def keypoint_names_of(data: dict[str, Any], annotation_file: str) -> tuple[str, ...]:
+  """The `keypoints` names the categories declare (one list shared by all), or ()."""
+  declared = {tuple(str(n) for n in c['keypoints']) for c in data['categories']
+              if c.get('keypoints')}
+  if len(declared) > 1:
+    raise CocoFormatError(f'{annotation_file}: categories declare different keypoint lists; '
+                          'one list shared by every category with keypoints is supported')
+  return next(iter(declared)) if declared else ()
+
+
+def check_keypoints(keypoints: Any, num_keypoints: int, where: str) -> np.ndarray:
+  """COCO's flat [x1, y1, v1, ...] -> [K, 3] float32; CocoFormatError when malformed."""
+  if (not isinstance(keypoints, list) or len(keypoints) != 3 * num_keypoints
+      or not all(_is_number(v) for v in keypoints)):
+    raise CocoFormatError(f'{where}: keypoints must be {3 * num_keypoints} numbers '
+                          f'(x, y, v for each of the {num_keypoints} keypoints)')
+  out = np.asarray(keypoints, np.float32).reshape(num_keypoints, 3)
+  if not np.all(np.isin(out[:, 2], (0, 1, 2))):
+    raise CocoFormatError(f'{where}: keypoint visibility must be 0, 1 or 2')
+  return out
+
+
 def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoDataset:
   """Reads and validates a COCO-format annotation file (see the module docstring).
 
@@ -264,6 +295,9 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoD
 
   category_ids, class_names = _categories(data, annotation_file)
   class_of = {cid: i + 1 for i, cid in enumerate(category_ids)}
+  keypoint_names = keypoint_names_of(data, annotation_file)
+  with_keypoints = {int(c['id']) for c in data['categories'] if c.get('keypoints')}
+  no_keypoints = np.zeros((len(keypoint_names), 3), np.float32)
 
   images = {}
   for image in data['images']:
@@ -296,14 +330,17 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoD
     box = check_box(ann.get('bbox'), height, width, where, ann_id, skips)
     if box is None:
       continue
+    keypoints = no_keypoints
+    if ann['category_id'] in with_keypoints and 'keypoints' in ann:
+      keypoints = check_keypoints(ann['keypoints'], len(keypoint_names), where)
     instances[int(image['id'])].append(
         (int(ann_id), box, class_of[ann['category_id']], bool(ann.get('iscrowd', 0)),
-         segmentation))
+         segmentation, keypoints))
 
   records = []
   for image_id, image in images.items():
     anns = instances[image_id]
-    if filter_empty and not any(not crowd for _, _, _, crowd, _ in anns):
+    if filter_empty and not any(not crowd for _, _, _, crowd, _, _ in anns):
       skips.add('empty_images', image_id)
       continue
     path = os.path.join(image_dir, image['file_name'])
@@ -316,7 +353,10 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoD
         boxes=np.array([a[1] for a in anns], np.float32).reshape(-1, 4),
         classes=np.array([a[2] for a in anns], np.int32),
         is_crowd=np.array([a[3] for a in anns], bool),
-        segmentations=tuple(a[4] for a in anns), source=annotation_file))
+        segmentations=tuple(a[4] for a in anns), source=annotation_file,
+        keypoints=(np.array([a[5] for a in anns], np.float32).reshape(
+            -1, len(keypoint_names), 3) if keypoint_names else None),
+        keypoint_names=keypoint_names))
 
   num_instances = sum(r.num_instances for r in records)
   problems = any(count for reason, count in skips.counts.items() if reason != 'empty_images')
@@ -328,7 +368,8 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoD
                      instance_counts=np.array([r.num_instances for r in records], np.int64),
                      category_ids=category_ids,
                      class_names=class_names,
-                     skipped=dict(skips.counts), annotation_file=annotation_file)
+                     skipped=dict(skips.counts), annotation_file=annotation_file,
+                     keypoint_names=keypoint_names)
 
 
 def read_image(record: ImageRecord) -> np.ndarray:

@@ -14,7 +14,9 @@ H x W = the batch's canvas, N = max_instances, S = mask_size):
   images [B, H, W, 3] uint8 (or float32), image_info [B, 5] float32
   (maskrcnn_jax/image_info.py: resized h, resized w, scale, flipped, transposed),
   gt_boxes [B, N, 4] float32, gt_classes [B, N] int32, gt_masks [B, N, S, S] uint8,
-  gt_is_crowd [B, N] bool, image_id [B] int64.
+  gt_is_crowd [B, N] bool, image_id [B] int64; with data.num_keypoints = K > 0 also
+  gt_keypoints [B, N, K, 3] float32 (x, y continuous canvas pixels, visibility; zeros
+  where unlabelled or padded).
 
 Order and workers: `Batches` (data/loader.py's `StepPlan` and grain worker processes).
 Every batch lies on one canvas; global step s holds G examples (G = global batch), host p
@@ -34,6 +36,7 @@ from maskrcnn_jax.data import augment
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import loader
 from maskrcnn_jax.data import transforms
+from maskrcnn_jax.ops import keypoints as keypoint_ops
 from maskrcnn_jax.ops import masks as mask_ops
 
 PADDING_IMAGE_ID = -1
@@ -86,6 +89,8 @@ def empty_batch(batch_size: int, data_config: ml_collections.ConfigDict,
       'gt_masks': np.zeros((batch_size, n, s, s), np.uint8),
       'gt_is_crowd': np.zeros((batch_size, n), bool),
       'image_id': np.full((batch_size,), PADDING_IMAGE_ID, np.int64),
+      **({'gt_keypoints': np.zeros((batch_size, n, data_config.num_keypoints, 3), np.float32)}
+         if data_config.num_keypoints else {}),
   }
 
 
@@ -166,7 +171,41 @@ def _write_example(out: dict[str, np.ndarray], record: coco.ImageRecord,
   out['gt_boxes'][:n] = transforms.transpose_boxes(boxes) if canvas.transpose else boxes
   out['gt_classes'][:n] = record.classes[kept]
   out['gt_is_crowd'][:n] = record.is_crowd[kept]
+  if cfg.num_keypoints:
+    out['gt_keypoints'][:n] = _example_keypoints(record, kept, cfg.num_keypoints, g, canvas)
   timer.lap('masks')
+
+
+def _example_keypoints(record: coco.ImageRecord, kept: np.ndarray, num_keypoints: int,
+                       geometry: augment.Geometry, canvas: transforms.Canvas) -> np.ndarray:
+  """[n, K, 3] keypoints of the kept instances, mapped by `geometry` onto `canvas`.
+
+  COCO's integer pixel indices become continuous coordinates (+ 0.5, Detectron2's
+  convention), scale with the image, mirror with their left/right swap, shift with the
+  crop (leaving the window makes them unlabelled) and transpose with the canvas.
+  Unlabelled keypoints (v = 0) are zeros.
+  """
+  g = geometry
+  if record.keypoints is None or record.keypoints.shape[1] != num_keypoints:
+    found = 0 if record.keypoints is None else record.keypoints.shape[1]
+    raise ValueError(f'{record.source}: image id {record.image_id}: {found} keypoints per '
+                     f'instance, data.num_keypoints is {num_keypoints}')
+  keypoints = record.keypoints[kept].copy()
+  labelled = keypoints[..., 2] > 0
+  keypoints[..., 0] = (keypoints[..., 0] + 0.5) * (g.new_width / record.width)
+  keypoints[..., 1] = (keypoints[..., 1] + 0.5) * (g.new_height / record.height)
+  keypoints[..., :2] *= labelled[..., None]
+  if g.flip:
+    keypoints = keypoint_ops.flip_keypoints(
+        keypoints, g.new_width, keypoint_ops.flip_indices(record.keypoint_names))
+  if g.cropped:
+    keypoints[..., :2] -= np.array([g.crop_x, g.crop_y], np.float32)
+    inside = ((keypoints[..., 0] >= 0) & (keypoints[..., 1] >= 0)
+              & (keypoints[..., 0] <= g.crop_width) & (keypoints[..., 1] <= g.crop_height))
+    keypoints *= (inside & (keypoints[..., 2] > 0))[..., None]
+  if canvas.transpose:
+    keypoints = keypoints[..., [1, 0, 2]]
+  return keypoints
 
 
 def prepare_example(record: coco.ImageRecord, data_config: ml_collections.ConfigDict,

@@ -7,6 +7,14 @@ compressed RLE of their visible part, and some images hold a crowd of dots as on
 `iscrowd` region in uncompressed RLE, so all three COCO mask formats are exercised;
 some images are empty. The files go through exactly the reading code of COCO
 (`data/coco.py`). Generation is deterministic in the seed and takes seconds.
+
+With `keypoints=True` every category declares the same K = 4 keypoints, the extreme
+points of each shape's outline (`KEYPOINT_NAMES`: topmost, rightmost, bottommost and
+leftmost vertex; for stars these are tips, for triangles and squares corners, circles
+are 24-gons), written as COCO person keypoints are: [x, y, v] per keypoint with x, y
+pixel indices (the continuous point - 0.5), v = 2 where the point lies in the image and
+no later shape or crowd region covers it, else 0 0 0; `num_keypoints` counts the v = 2.
+Only the annotations change: images, masks and boxes are those without keypoints.
 """
 
 import json
@@ -21,6 +29,8 @@ from maskrcnn_jax.data import transforms
 CATEGORIES = ({'id': 1, 'name': 'circle'}, {'id': 2, 'name': 'square'},
               {'id': 3, 'name': 'triangle'}, {'id': 4, 'name': 'star'})
 _SPLIT_SALT = {'train': 0, 'val': 1}
+# Extreme points of the outline; a left-right flip swaps 'left' and 'right'.
+KEYPOINT_NAMES = ('top', 'right', 'bottom', 'left')
 _MIN_VISIBLE_PIXELS = 4
 
 
@@ -57,13 +67,34 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
   return field + rng.normal(0, 8, (size, size, 3))
 
 
+def extreme_points(polygon: np.ndarray) -> np.ndarray:
+  """[4, 2] float64 continuous x, y of a flat polygon's vertices, as KEYPOINT_NAMES."""
+  xy = polygon.reshape(-1, 2)
+  return xy[[np.argmin(xy[:, 1]), np.argmax(xy[:, 0]), np.argmax(xy[:, 1]),
+             np.argmin(xy[:, 0])]]
+
+
+def _keypoint_fields(points: np.ndarray, covered: np.ndarray) -> dict:
+  """COCO `keypoints` (pixel indices, point - 0.5) and `num_keypoints` of [4, 2] points."""
+  size = covered.shape[0]
+  flat = []
+  for x, y in points:
+    inside = 0 <= x < size and 0 <= y < size
+    if inside and not covered[int(y), int(x)]:
+      flat += [round(float(x) - 0.5, 2), round(float(y) - 0.5, 2), 2]
+    else:
+      flat += [0, 0, 0]
+  return {'keypoints': flat, 'num_keypoints': int(sum(flat[2::3]) // 2)}
+
+
 def render_image(rng: np.random.Generator, size: int, max_shapes: int, empty: bool,
-                 crowd: bool) -> tuple[np.ndarray, list[dict]]:
+                 crowd: bool, keypoints: bool = False) -> tuple[np.ndarray, list[dict]]:
   """One image and its annotations (without ids).
 
   Returns:
     image: [size, size, 3] uint8.
-    annotations: dicts with `category_id`, `segmentation`, `bbox`, `area`, `iscrowd`.
+    annotations: dicts with `category_id`, `segmentation`, `bbox`, `area`, `iscrowd`
+      (and `keypoints`, `num_keypoints` with `keypoints`).
   """
   image = _background(rng, size)
   shapes = []  # (category, full mask, polygon)
@@ -88,6 +119,7 @@ def render_image(rng: np.random.Generator, size: int, max_shapes: int, empty: bo
   covered = crowd_mask.copy()
   for kind, mask, polygon in reversed(shapes):  # later shapes are on top
     visible = mask & ~covered
+    on_top = covered.copy() if keypoints else None  # later shapes and the crowd
     covered |= mask
     if visible.sum() < _MIN_VISIBLE_PIXELS:
       continue
@@ -96,11 +128,17 @@ def render_image(rng: np.random.Generator, size: int, max_shapes: int, empty: bo
       segmentation = [polygon.tolist()]
     else:
       segmentation = {'counts': rle['counts'].decode('ascii'), 'size': [size, size]}
-    annotations.append(_annotation(kind, segmentation, rle, crowd=False))
+    annotation = _annotation(kind, segmentation, rle, crowd=False)
+    if keypoints:
+      annotation.update(_keypoint_fields(extreme_points(polygon), on_top))
+    annotations.append(annotation)
   if crowd:
     rle = mask_util.encode(np.asfortranarray(crowd_mask.astype(np.uint8)))
     runs = _uncompressed_counts(crowd_mask)
-    annotations.append(_annotation(1, {'counts': runs, 'size': [size, size]}, rle, crowd=True))
+    annotation = _annotation(1, {'counts': runs, 'size': [size, size]}, rle, crowd=True)
+    if keypoints:
+      annotation.update(keypoints=[0] * 3 * len(KEYPOINT_NAMES), num_keypoints=0)
+    annotations.append(annotation)
   return np.clip(np.round(image), 0, 255).astype(np.uint8), annotations[::-1]
 
 
@@ -118,8 +156,8 @@ def _annotation(kind: int, segmentation, rle: dict, crowd: bool) -> dict:
 
 
 def write_split(root: str, split: str, num_images: int, image_size: int, seed: int,
-                max_shapes: int = 6, empty_every: int = 8,
-                crowd_every: int = 6) -> tuple[str, str]:
+                max_shapes: int = 6, empty_every: int = 8, crowd_every: int = 6,
+                keypoints: bool = False) -> tuple[str, str]:
   """Writes `root/<split>/*.png` and `root/annotations/instances_<split>.json`.
 
   `split` is 'train' or 'val' (they draw from different random streams); images are
@@ -127,7 +165,8 @@ def write_split(root: str, split: str, num_images: int, image_size: int, seed: i
 
   Image i is empty when i % empty_every == empty_every - 1 and holds a crowd region when
   i % crowd_every == crowd_every - 1; everything else is drawn from
-  `np.random.default_rng([seed, split, i])`.
+  `np.random.default_rng([seed, split, i])`. `keypoints` adds the extreme-point keypoints
+  (module docstring) to the annotations and categories.
 
   Returns:
     (annotation file, image folder).
@@ -140,7 +179,8 @@ def write_split(root: str, split: str, num_images: int, image_size: int, seed: i
     rng = np.random.default_rng([seed, _SPLIT_SALT[split], i])
     image, anns = render_image(rng, image_size, max_shapes,
                                empty=i % empty_every == empty_every - 1,
-                               crowd=i % crowd_every == crowd_every - 1)
+                               crowd=i % crowd_every == crowd_every - 1,
+                               keypoints=keypoints)
     file_name = f'{i + 1:06d}.png'
     Image.fromarray(image).save(os.path.join(image_dir, file_name), compress_level=1)
     images.append({'id': i + 1, 'file_name': file_name, 'height': image_size,
@@ -148,14 +188,17 @@ def write_split(root: str, split: str, num_images: int, image_size: int, seed: i
     for ann in anns:
       annotations.append({'id': len(annotations) + 1, 'image_id': i + 1, **ann})
   annotation_file = os.path.join(root, 'annotations', f'instances_{split}.json')
+  categories = [dict(c, keypoints=list(KEYPOINT_NAMES), skeleton=[]) if keypoints else dict(c)
+                for c in CATEGORIES]
   with open(annotation_file, 'w') as f:
     json.dump({'info': {'description': f'synthetic shapes, seed {seed}'}, 'images': images,
-               'annotations': annotations, 'categories': list(CATEGORIES)}, f)
+               'annotations': annotations, 'categories': categories}, f)
   return annotation_file, image_dir
 
 
 def write_shapes(root: str, num_train: int = 512, num_val: int = 64, image_size: int = 128,
-                 seed: int = 0) -> dict[str, tuple[str, str]]:
+                 seed: int = 0, keypoints: bool = False) -> dict[str, tuple[str, str]]:
   """Writes the train and val splits under `root`; returns split -> (annotations, images)."""
-  return {'train': write_split(root, 'train', num_train, image_size, seed),
-          'val': write_split(root, 'val', num_val, image_size, seed)}
+  return {'train': write_split(root, 'train', num_train, image_size, seed,
+                               keypoints=keypoints),
+          'val': write_split(root, 'val', num_val, image_size, seed, keypoints=keypoints)}

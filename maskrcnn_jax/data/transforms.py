@@ -20,11 +20,14 @@ from typing import NamedTuple
 import cv2
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from maskrcnn_jax import image_info
 from maskrcnn_jax.ops import masks as mask_ops
 
 MAX_CANVASES = 4  # compiled input shapes
+# Resize modes driven by a shorter-side target (data.min_size / data.train_min_sizes).
+SHORTER_SIDE_MODES = ('shorter_side', 'shortest_edge')
 
 
 class Canvas(NamedTuple):
@@ -64,7 +67,7 @@ def largest_resize(height: int, width: int, data_config: ml_collections.ConfigDi
   """
   cfg = data_config
   min_size = cfg.min_size
-  if train and cfg.resize_mode == 'shorter_side' and len(cfg.train_min_sizes):
+  if train and cfg.resize_mode in SHORTER_SIDE_MODES and len(cfg.train_min_sizes):
     min_size = max(cfg.train_min_sizes)
   return resize_shape(height, width, cfg.resize_mode, min_size, cfg.max_size)[:2]
 
@@ -98,17 +101,19 @@ def resize_shape(height: int, width: int, mode: str, min_size: int,
                  max_size: int) -> tuple[int, int, float]:
   """The resized image size and the scale that gives it.
 
-  'shorter_side' (Detectron2 / torchvision): scale = min(min_size / shorter side,
-  max_size / longer side). 'square' (TPU style): scale = max_size / longer side, so the
-  longer side becomes max_size. Float64 arithmetic as torchvision's eager path; each side
-  is floor(side * scale).
+  'shorter_side' (torchvision): scale = min(min_size / shorter side, max_size / longer
+  side). 'square' (TPU style): scale = max_size / longer side, so the longer side becomes
+  max_size. Float64 arithmetic as torchvision's eager path; each side is
+  floor(side * scale). 'shortest_edge' (Detectron2's ResizeShortestEdge): the same scale,
+  but each side rounded to nearest, computed in Detectron2's order (shorter side set to
+  min_size, then both sides scaled down if the longer exceeds max_size).
 
   Args:
     height: original image height.
     width: original image width.
-    mode: 'shorter_side' | 'square'.
-    min_size: shorter-side target ('shorter_side' only).
-    max_size: longer-side cap ('shorter_side') or square side ('square').
+    mode: 'shorter_side' | 'shortest_edge' | 'square'.
+    min_size: shorter-side target (not 'square').
+    max_size: longer-side cap, or square side ('square').
 
   Returns:
     (new_height, new_width, scale).
@@ -118,10 +123,18 @@ def resize_shape(height: int, width: int, mode: str, min_size: int,
   shorter, longer = min(height, width), max(height, width)
   if mode == 'shorter_side':
     scale = min(min_size / shorter, max_size / longer)
+  elif mode == 'shortest_edge':
+    scale = min_size / shorter
+    new_h, new_w = (min_size, scale * width) if height < width else (scale * height, min_size)
+    if max(new_h, new_w) > max_size:
+      cap = max_size / max(new_h, new_w)
+      new_h, new_w, scale = new_h * cap, new_w * cap, scale * cap
+    return int(new_h + 0.5), int(new_w + 0.5), scale
   elif mode == 'square':
     scale = max_size / longer
   else:
-    raise ValueError(f"resize mode must be 'shorter_side' or 'square'; got {mode!r}")
+    raise ValueError("resize mode must be 'shorter_side', 'shortest_edge' or 'square'; "
+                     f'got {mode!r}')
   return math.floor(height * scale), math.floor(width * scale), scale
 
 
@@ -181,8 +194,29 @@ def resize_pixels(image: np.ndarray, new_height: int, new_width: int,
     return resize_uint8(image, new_height, new_width)
   if data_config.resize_backend == 'torch':
     return resize_image(image, new_height, new_width)
-  raise ValueError(f"data.resize_backend must be 'opencv' or 'torch'; got "
+  if data_config.resize_backend == 'pillow':
+    return resize_pillow(image, new_height, new_width)
+  raise ValueError(f"data.resize_backend must be 'opencv', 'torch' or 'pillow'; got "
                    f'{data_config.resize_backend!r}')
+
+
+def resize_pillow(image: np.ndarray, new_height: int, new_width: int) -> np.ndarray:
+  """Pillow's bilinear resize of uint8 pixels, as Detectron2's ResizeTransform applies it.
+
+  Pillow antialiases when shrinking (its filter support grows with the scale), unlike
+  OpenCV and torchvision; Detectron2's evaluation sees these pixels.
+
+  Args:
+    image: [H, W, 3] uint8.
+
+  Returns:
+    [new_height, new_width, 3] uint8.
+  """
+  if image.shape[:2] == (new_height, new_width):
+    return image
+  resized = Image.fromarray(np.ascontiguousarray(image)).resize(
+      (new_width, new_height), Image.Resampling.BILINEAR)
+  return np.asarray(resized)
 
 
 def _is_cv2_image(image: np.ndarray) -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 
 from maskrcnn_jax import image_info as info_lib
 from maskrcnn_jax.model import fpn as fpn_lib
+from maskrcnn_jax.model import keypoint_head as keypoint_lib
 from maskrcnn_jax.model import losses as losses_lib
 from maskrcnn_jax.model import postprocess
 from maskrcnn_jax.model import resnet
@@ -32,6 +33,7 @@ from maskrcnn_jax.model import roi_heads
 from maskrcnn_jax.model import targets
 from maskrcnn_jax.model import rpn as rpn_lib
 from maskrcnn_jax.ops import anchors as anchor_ops
+from maskrcnn_jax.ops import keypoints as keypoint_ops
 from maskrcnn_jax.ops import masks as mask_ops
 
 _RPN_LEVELS = (2, 3, 4, 5, 6)
@@ -93,19 +95,30 @@ class MaskRCNN(nn.Module):
     self.backbone = resnet.ResNet(
         depth=b.depth, norm=b.norm, frozen_bn_eps=b.frozen_bn_eps,
         group_norm_groups=b.group_norm_groups, freeze_at=b.freeze_at,
-        stride_in_1x1=b.stride_in_1x1, base_width=b.base_width, dtype=dtype)
+        stride_in_1x1=b.stride_in_1x1, base_width=b.base_width, groups=b.groups,
+        width_per_group=b.width_per_group, dtype=dtype)
     self.fpn = fpn_lib.FPN(channels=c.fpn.channels, dtype=dtype)
     self.rpn = rpn_lib.RPNHead(num_anchors=len(c.anchors.aspect_ratios), dtype=dtype)
     roi = dict(roi_op=c.roi_op, sampling_ratio=c.roi_align.sampling_ratio,
                aligned=c.roi_align.aligned, max_bin_cells=c.roi_pool.max_bin_cells,
+               max_sampling_ratio=c.roi_align.max_sampling_ratio,
                dtype=dtype)
     self.box_head = roi_heads.BoxHead(
         num_classes=c.num_classes, fc_dim=c.box_head.fc_dim,
         pooled_size=c.box_head.pooled_size, **roi)
-    self.mask_head = roi_heads.MaskHead(
-        num_classes=c.num_classes, conv_dim=c.mask_head.conv_dim,
-        num_convs=c.mask_head.num_convs, pooled_size=c.mask_head.pooled_size,
-        class_agnostic=c.class_agnostic_mask, **roi)
+    if c.mask_head.enabled:
+      self.mask_head = roi_heads.MaskHead(
+          num_classes=c.num_classes, conv_dim=c.mask_head.conv_dim,
+          num_convs=c.mask_head.num_convs, pooled_size=c.mask_head.pooled_size,
+          class_agnostic=c.class_agnostic_mask, **roi)
+    k = c.keypoint_head
+    if k.enabled:
+      if k.heatmap_size != 4 * k.pooled_size:
+        raise ValueError(f'keypoint_head.heatmap_size ({k.heatmap_size}) must be 4 x '
+                         f'keypoint_head.pooled_size ({k.pooled_size})')
+      self.keypoint_head = keypoint_lib.KeypointHead(
+          num_keypoints=k.num_keypoints, conv_dim=k.conv_dim, num_convs=k.num_convs,
+          pooled_size=k.pooled_size, **roi)
 
   def _anchors(self, height: int, width: int) -> list:
     """Per level P2..P6 [H_l * W_l * A, 4] NumPy anchors for a padded image size."""
@@ -164,7 +177,9 @@ class MaskRCNN(nn.Module):
       boxes: [B, D, 4] float32 in the resized frame (the canvas frame: transposed where
       image_info says so); scores: [B, D] float32 sorted
       descending; classes: [B, D] int32 in 1..K (0 where invalid); masks: [B, D, M, M]
-      float32 probabilities (M = 2 * mask_head.pooled_size); valid: [B, D] bool.
+      float32 probabilities (M = 2 * mask_head.pooled_size; only with the mask head);
+      valid: [B, D] bool; with the keypoint head, keypoint_heatmaps: [B, D, K, H, H]
+      float32 logits (H = keypoint_head.heatmap_size), canvas frame.
     """
     c = self.config
     rpn_out = self.propose(images, image_info)
@@ -177,21 +192,27 @@ class MaskRCNN(nn.Module):
         nms_threshold=c.roi_heads.nms_threshold,
         detections_per_image=c.roi_heads.detections_per_image,
         pre_nms_topk=c.roi_heads.pre_nms_topk)
-    mask_logits = self.mask_head(roi_features, detections['boxes'])
-    detections['masks'] = postprocess.select_mask_probs(mask_logits, detections['classes'],
-                                                        mode=c.mask_loss)
+    if c.mask_head.enabled:
+      mask_logits = self.mask_head(roi_features, detections['boxes'])
+      detections['masks'] = postprocess.select_mask_probs(
+          mask_logits, detections['classes'], mode=c.mask_loss)
+    if c.keypoint_head.enabled:
+      detections['keypoint_heatmaps'] = jnp.moveaxis(
+          self.keypoint_head(roi_features, detections['boxes']), -1, 2)
     return detections
 
   def losses(self, batch: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
-    """The multi-task training loss L = L_rpn_cls + L_rpn_box + L_cls + L_box + L_mask.
+    """The multi-task training loss L = L_rpn_cls + L_rpn_box + L_cls + L_box + L_mask (+ L_kp).
 
     Args:
       batch: DESIGN.md's batch (images, image_info, gt_boxes, gt_classes, gt_masks,
-        gt_is_crowd); padded instances have class 0.
+        gt_is_crowd; with the keypoint head gt_keypoints [B, N, K, 3]); padded
+        instances have class 0.
       key: randomness for the anchor and RoI samplers.
 
     Returns:
-      scalar float32 losses `rpn_cls`, `rpn_box`, `cls`, `box`, `mask`, `total`, and
+      scalar float32 losses `rpn_cls`, `rpn_box`, `cls`, `box`, `mask` (with the mask
+      head), `keypoint` (with the keypoint head), `total`, and
       `fg_fraction` (foreground share of the sampled RoIs). Each loss is normalized over
       the samples of the whole batch, as torchvision and Detectron2 do.
     """
@@ -231,16 +252,40 @@ class MaskRCNN(nn.Module):
     # so the mask head only runs on that static prefix.
     num_fg = int(c.roi_heads.batch_size_per_image * c.roi_heads.positive_fraction)
     fg = jax.tree.map(lambda x: x[:, :num_fg], roi_targets)
-    mask_logits = self.mask_head(roi_features, fg['rois'])
-    mask_targets = jax.vmap(functools.partial(
-        mask_ops.mask_targets, output_size=c.mask_head.resolution))(
-            batch['gt_masks'], gt_boxes, fg['rois'], fg['matched_gt'])
-    mask = losses_lib.mask_loss(
-        *_merge_images(mask_logits, mask_targets, fg['labels'], fg['is_foreground']),
-        mode=c.mask_loss, class_agnostic=c.class_agnostic_mask)
-
-    terms = {'rpn_cls': rpn_cls, 'rpn_box': rpn_box, 'cls': cls, 'box': box, 'mask': mask}
+    terms = {'rpn_cls': rpn_cls, 'rpn_box': rpn_box, 'cls': cls, 'box': box}
+    if c.mask_head.enabled:
+      mask_logits = self.mask_head(roi_features, fg['rois'])
+      mask_targets = jax.vmap(functools.partial(
+          mask_ops.mask_targets, output_size=c.mask_head.resolution))(
+              batch['gt_masks'], gt_boxes, fg['rois'], fg['matched_gt'])
+      terms['mask'] = losses_lib.mask_loss(
+          *_merge_images(mask_logits, mask_targets, fg['labels'], fg['is_foreground']),
+          mode=c.mask_loss, class_agnostic=c.class_agnostic_mask)
+    if c.keypoint_head.enabled:
+      terms['keypoint'] = self._keypoint_loss(roi_features, fg, batch['gt_keypoints'])
     terms['total'] = sum(terms.values())
     sampled = jnp.maximum(jnp.sum(roi_targets['roi_valid']), 1)
     terms['fg_fraction'] = jnp.sum(roi_targets['is_foreground']) / sampled
     return terms
+
+  def _keypoint_loss(self, roi_features: list, fg: dict[str, jax.Array],
+                     gt_keypoints: jax.Array) -> jax.Array:
+    """The keypoint loss on the foreground prefix `fg` of the RoI targets.
+
+    Args:
+      roi_features: per level [B, H_l, W_l, C] (P2..P5).
+      fg: `roi_targets` sliced to its first F (foreground) slots: rois [B, F, 4],
+        matched_gt [B, F], is_foreground [B, F].
+      gt_keypoints: [B, N, K, 3] float32 x, y, visibility (resized frame).
+    """
+    k = self.config.keypoint_head
+    logits = self.keypoint_head(roi_features, fg['rois'])  # [B, F, H, H, K]
+    matched = jnp.take_along_axis(gt_keypoints, fg['matched_gt'][..., None, None], axis=1)
+    cells, valid = jax.vmap(functools.partial(
+        keypoint_ops.keypoint_targets, heatmap_size=k.heatmap_size))(matched, fg['rois'])
+    valid &= fg['is_foreground'][..., None]
+    num_images, num_fg = fg['rois'].shape[:2]
+    normalizer = None if k.normalize_by_visible else float(
+        num_images * num_fg * k.num_keypoints)
+    return k.loss_weight * keypoint_ops.keypoint_loss(
+        *_merge_images(logits, cells, valid), normalizer=normalizer)

@@ -1,8 +1,10 @@
-"""ResNet-18/34/50/101 body returning C2..C5 (strides 4, 8, 16, 32) for the FPN.
+"""ResNet-18/34/50/101 and ResNeXt body returning C2..C5 (strides 4, 8, 16, 32) for the FPN.
 
 Layout and names follow torchvision's ResNet (v1.5: a bottleneck's stride sits on its 3x3
 conv; `stride_in_1x1=True` moves it to the first 1x1 conv, as MSRA's original and
-Detectron2's). Parameter tree, with the torchvision state dict keys it converts from
+Detectron2's). ResNeXt (Xie et al. 2017) splits each bottleneck's 3x3 conv into `groups`
+groups of `width_per_group` channels (at base width 64; torchvision's and Detectron2's
+resnext101_32x8d / X101: 32 x 8). Parameter tree, with the torchvision state dict keys it converts from
 (see convert.py):
 
   stem/conv1, stem/bn1                        <- conv1, bn1
@@ -88,33 +90,39 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-  """1x1 reduce, 3x3, 1x1 expand (x4) block (ResNet-50/101).
+  """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand block (ResNet-50/101, ResNeXt).
 
   Attributes:
-    width: channels of the 3x3 conv; the block outputs 4 * width.
+    width: channels of the 1x1 reduce and 3x3 convs.
     stride: 1 or 2, on the 3x3 conv (torchvision v1.5) or on the first 1x1 conv.
     stride_in_1x1: put the stride on the first 1x1 conv (MSRA / Detectron2).
     conv: nn.Conv constructor (dtype, init, no bias).
     norm: normalization constructor.
+    out_channels: channels the block outputs; 0 means 4 * width (ResNet).
+    groups: groups of the 3x3 conv (ResNeXt's cardinality; 1 for ResNet).
   """
   width: int
   stride: int
   stride_in_1x1: bool
   conv: Callable[..., nn.Module]
   norm: Callable[..., nn.Module]
+  out_channels: int = 0
+  groups: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [B, H, W, C_in] -> [B, ceil(H / stride), ceil(W / stride), 4 * width]."""
+    """x: [B, H, W, C_in] -> [B, ceil(H / stride), ceil(W / stride), out_channels]."""
+    out_channels = self.out_channels or 4 * self.width
     strides = (self.stride, self.stride)
     stride_1x1, stride_3x3 = (strides, (1, 1)) if self.stride_in_1x1 else ((1, 1), strides)
     y = self.conv(self.width, (1, 1), stride_1x1, padding=_pad(1), name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.width, (3, 3), stride_3x3, padding=_pad(3), name='conv2')(y)
+    y = self.conv(self.width, (3, 3), stride_3x3, padding=_pad(3),
+                  feature_group_count=self.groups, name='conv2')(y)
     y = nn.relu(self.norm(name='bn2')(y))
-    y = self.conv(4 * self.width, (1, 1), padding=_pad(1), name='conv3')(y)
+    y = self.conv(out_channels, (1, 1), padding=_pad(1), name='conv3')(y)
     y = self.norm(name='bn3')(y)
-    return nn.relu(y + _shortcut(self, x, 4 * self.width))
+    return nn.relu(y + _shortcut(self, x, out_channels))
 
 
 def _shortcut(block: nn.Module, x: jax.Array, channels: int) -> jax.Array:
@@ -132,6 +140,8 @@ class ResStage(nn.Module):
   Attributes:
     num_blocks: blocks in the stage.
     width: block width (see BasicBlock / Bottleneck).
+    out_channels: Bottleneck output channels (0: 4 * width).
+    groups: Bottleneck 3x3 conv groups.
     stride: stride of the first block.
     bottleneck: Bottleneck blocks instead of BasicBlocks.
     stride_in_1x1: see Bottleneck.
@@ -145,6 +155,8 @@ class ResStage(nn.Module):
   stride_in_1x1: bool
   conv: Callable[..., nn.Module]
   norm: Callable[..., nn.Module]
+  out_channels: int = 0
+  groups: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -153,7 +165,7 @@ class ResStage(nn.Module):
       stride = self.stride if b == 0 else 1
       if self.bottleneck:
         block = Bottleneck(self.width, stride, self.stride_in_1x1, self.conv, self.norm,
-                           name=f'block{b}')
+                           self.out_channels, self.groups, name=f'block{b}')
       else:
         block = BasicBlock(self.width, stride, self.conv, self.norm, name=f'block{b}')
       x = block(x)
@@ -177,8 +189,10 @@ class Stem(nn.Module):
     """images: [B, H, W, 3] -> [B, ceil(H / 4), ceil(W / 4), channels]."""
     x = self.conv(self.channels, (7, 7), (2, 2), padding=_pad(7), name='conv1')(images)
     x = nn.relu(self.norm(name='bn1')(x))
-    # Flax pads reduce_window with the init value -inf, as torch's max_pool2d.
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+    # Padded with -inf, as torch's max_pool2d; padded explicitly (then VALID) because
+    # jax2onnx's converter loses max_pool's own padding (a 15 x 15 P2 for 16 x 16).
+    x = jnp.pad(x, ((0, 0),) + _pad(3) + ((0, 0),), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='VALID')
 
 
 class ResNet(nn.Module):
@@ -195,6 +209,10 @@ class ResNet(nn.Module):
     base_width: channels of the stem and of res2's 3x3 convs, doubling per stage; 64
       for every ImageNet ResNet (Detectron2's STEM_OUT_CHANNELS); smaller for cheap
       models trained from scratch.
+    groups: ResNeXt cardinality, groups of every bottleneck 3x3 conv (1: ResNet).
+    width_per_group: channels per group of res2's 3x3 convs at base width 64, so a
+      stage's bottleneck width is int(base_width * 2**i * width_per_group / 64) * groups
+      (torchvision's rule; 64 with groups=1 is ResNet, 8 with groups=32 ResNeXt 32x8d).
     dtype: compute dtype ('float32' | 'bfloat16' or a jnp dtype); params stay float32.
   """
   depth: int = 50
@@ -204,6 +222,8 @@ class ResNet(nn.Module):
   freeze_at: int = 2
   stride_in_1x1: bool = False
   base_width: int = 64
+  groups: int = 1
+  width_per_group: int = 64
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -219,6 +239,9 @@ class ResNet(nn.Module):
       raise ValueError(f'depth must be one of {sorted(STAGE_BLOCKS)}; got {self.depth}')
     if not 0 <= self.freeze_at <= 5:
       raise ValueError(f'freeze_at must be in 0..5; got {self.freeze_at}')
+    if self.depth < 50 and (self.groups, self.width_per_group) != (1, 64):
+      raise ValueError('groups / width_per_group (ResNeXt) need a bottleneck depth (50, '
+                       f'101); got depth {self.depth}')
     dtype = jnp.dtype(self.dtype)
     if self.norm == 'frozen_bn':
       norm = functools.partial(FrozenBatchNorm, epsilon=self.frozen_bn_eps, dtype=dtype)
@@ -234,9 +257,12 @@ class ResNet(nn.Module):
       x = jax.lax.stop_gradient(x)
     outputs = {}
     for i, (stage, num_blocks) in enumerate(zip(STAGES, STAGE_BLOCKS[self.depth])):
-      x = ResStage(num_blocks, width=self.base_width * 2**i, stride=1 if i == 0 else 2,
-                   bottleneck=self.depth >= 50, stride_in_1x1=self.stride_in_1x1,
-                   conv=conv, norm=norm, name=f'res{stage}')(x)
+      planes = self.base_width * 2**i
+      width = int(planes * self.width_per_group / 64) * self.groups
+      x = ResStage(num_blocks, width=width if self.depth >= 50 else planes,
+                   stride=1 if i == 0 else 2, bottleneck=self.depth >= 50,
+                   stride_in_1x1=self.stride_in_1x1, conv=conv, norm=norm,
+                   out_channels=4 * planes, groups=self.groups, name=f'res{stage}')(x)
       if self.freeze_at >= stage:
         x = jax.lax.stop_gradient(x)
       outputs[f'c{stage}'] = x

@@ -31,7 +31,8 @@ from maskrcnn_jax.ops import roi_align as roi_ops
 
 
 def pool_rois(features: Sequence[jax.Array], boxes: jax.Array, output_size: int, roi_op: str,
-              sampling_ratio: int, aligned: bool, max_bin_cells: int) -> jax.Array:
+              sampling_ratio: int, aligned: bool, max_bin_cells: int,
+              max_sampling_ratio: int = 0) -> jax.Array:
   """RoIAlign or RoIPool from the FPN level each box is assigned to.
 
   Args:
@@ -41,6 +42,7 @@ def pool_rois(features: Sequence[jax.Array], boxes: jax.Array, output_size: int,
     roi_op: 'align' | 'pool'.
     sampling_ratio, aligned: RoIAlign settings.
     max_bin_cells: RoIPool setting.
+    max_sampling_ratio: cap of the adaptive grid when sampling_ratio is 0 (RoIAlign).
 
   Returns:
     [B, R, S, S, C] in the features' dtype.
@@ -48,7 +50,8 @@ def pool_rois(features: Sequence[jax.Array], boxes: jax.Array, output_size: int,
   with jax.named_scope('pool_rois'):  # names the gathers in profiles
     if roi_op == 'align':
       return roi_ops.multilevel_roi_align(features, boxes, output_size, sampling_ratio,
-                                          aligned, min_level=2)
+                                          aligned, min_level=2,
+                                          max_sampling_ratio=max_sampling_ratio)
     if roi_op == 'pool':
       return roi_ops.multilevel_roi_pool(features, boxes, output_size, max_bin_cells,
                                          min_level=2)
@@ -62,7 +65,7 @@ class BoxHead(nn.Module):
     num_classes: K foreground classes (outputs have K + 1, index 0 background).
     fc_dim: width of fc6 and fc7.
     pooled_size: RoI feature size S (7).
-    roi_op, sampling_ratio, aligned, max_bin_cells: see `pool_rois`.
+    roi_op, sampling_ratio, aligned, max_bin_cells, max_sampling_ratio: see `pool_rois`.
     dtype: compute dtype; outputs are float32.
   """
   num_classes: int
@@ -72,6 +75,7 @@ class BoxHead(nn.Module):
   sampling_ratio: int = 2
   aligned: bool = True
   max_bin_cells: int = 8
+  max_sampling_ratio: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -86,7 +90,7 @@ class BoxHead(nn.Module):
       box_deltas: [B, R, K + 1, 4] float32, torchvision's (class, coordinate) layout.
     """
     x = pool_rois(features, boxes, self.pooled_size, self.roi_op, self.sampling_ratio,
-                  self.aligned, self.max_bin_cells)
+                  self.aligned, self.max_bin_cells, self.max_sampling_ratio)
     batch, num_rois = x.shape[:2]
     x = jnp.moveaxis(x, -1, 2).reshape(batch, num_rois, -1)  # PyTorch's (C, S, S) flatten
     x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name='fc6')(x))
@@ -139,7 +143,7 @@ class MaskHead(nn.Module):
     num_convs: number of 3x3 convs.
     pooled_size: RoI feature size S (14); logits are 2S x 2S.
     class_agnostic: one mask channel for all classes.
-    roi_op, sampling_ratio, aligned, max_bin_cells: see `pool_rois`.
+    roi_op, sampling_ratio, aligned, max_bin_cells, max_sampling_ratio: see `pool_rois`.
     dtype: compute dtype; outputs are float32.
   """
   num_classes: int
@@ -151,6 +155,7 @@ class MaskHead(nn.Module):
   sampling_ratio: int = 2
   aligned: bool = True
   max_bin_cells: int = 8
+  max_sampling_ratio: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -163,7 +168,7 @@ class MaskHead(nn.Module):
       mask_logits: [B, R, 2S, 2S, K + 1 (or 1 if class_agnostic)] float32.
     """
     x = pool_rois(features, boxes, self.pooled_size, self.roi_op, self.sampling_ratio,
-                  self.aligned, self.max_bin_cells)
+                  self.aligned, self.max_bin_cells, self.max_sampling_ratio)
     batch, num_rois = x.shape[:2]
     x = x.reshape(batch * num_rois, *x.shape[2:])
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # as torchvision

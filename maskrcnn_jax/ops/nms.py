@@ -43,18 +43,29 @@ def _selection_rounds(sorted_boxes, sorted_valid, sorted_classes, iou_threshold,
   num_boxes = sorted_boxes.shape[0]
   position = jnp.arange(num_boxes, dtype=jnp.int32)
 
-  def select(r, state):
-    in_play, kept = state
-    first = jnp.argmax(in_play).astype(jnp.int32)  # the first box still in play
-    found = in_play[first]
-    suppressed = box_ops.pairwise_iou(sorted_boxes[first][None], sorted_boxes)[0] > iou_threshold
-    if sorted_classes is not None:
-      suppressed = suppressed & (sorted_classes == sorted_classes[first])
-    in_play = in_play & ~suppressed & (position != first)
-    return in_play, kept.at[r].set(jnp.where(found, first, num_boxes))
+  slots = jnp.arange(rounds, dtype=jnp.int32)
 
-  _, kept = jax.lax.fori_loop(
-      0, rounds, select, (sorted_valid, jnp.full((rounds,), num_boxes, jnp.int32)))
+  def select(state, _):
+    in_play, kept, r = state
+    first = jnp.argmax(in_play).astype(jnp.int32)  # the first box still in play
+    is_first = position == first
+    # The first box's row by a masked sum and the round's slot by a mask, not by indexing:
+    # the same values, and a loop body without gathers and scatters, which converters
+    # (jax2onnx) lower correctly under vmap.
+    first_box = jnp.where(is_first[:, None], sorted_boxes, 0.0).sum(axis=0)
+    suppressed = box_ops.pairwise_iou(first_box[None], sorted_boxes)[0] > iou_threshold
+    if sorted_classes is not None:
+      first_class = jnp.where(is_first, sorted_classes, 0).sum()
+      suppressed = suppressed & (sorted_classes == first_class)
+    kept = jnp.where((slots == r) & jnp.any(in_play), first, kept)
+    in_play = in_play & ~suppressed & ~is_first
+    return (in_play, kept, r + 1), None
+
+  # `rounds` steps as a scan with a carry only (what a static fori_loop lowers to): the
+  # converters that patch fori_loop without a vmap rule (jax2onnx) handle it.
+  (_, kept, _), _ = jax.lax.scan(
+      select, (sorted_valid, jnp.full((rounds,), num_boxes, jnp.int32), jnp.int32(0)),
+      None, length=rounds)
   return kept
 
 

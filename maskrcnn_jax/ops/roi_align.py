@@ -14,22 +14,46 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _bin_coordinates(start, bin_size, output_size, sampling_ratio):
+def _bin_coordinates(start, bin_size, output_size, sampling_ratio, grid=None):
   """Sample coordinates along one axis, torchvision's order of float operations.
 
   Args:
     start: [R] RoI start in feature coordinates.
     bin_size: [R] bin length in feature cells.
     output_size: S, bins per side.
-    sampling_ratio: G, samples per bin side.
+    sampling_ratio: G, samples per bin side (the static grid, or the adaptive cap).
+    grid: None, or [R] samples per bin side of each RoI (adaptive; >= 1), dividing the
+      bin instead of G; samples g >= grid are computed but carry no weight.
 
   Returns:
-    [R, S * G]: start + p * bin + (g + 0.5) * bin / G, bin-major.
+    [R, S * G]: start + p * bin + (g + 0.5) * bin / G (or / grid), bin-major.
   """
   p = jnp.repeat(jnp.arange(output_size), sampling_ratio).astype(start.dtype)
   g = jnp.tile(jnp.arange(sampling_ratio), output_size).astype(start.dtype) + 0.5
+  divisor = sampling_ratio if grid is None else grid[:, None].astype(start.dtype)
   return (start[:, None] + p * bin_size[:, None]
-          + g * bin_size[:, None] / sampling_ratio)
+          + g * bin_size[:, None] / divisor)
+
+
+def _adaptive_grid(bin_size, output_size, max_sampling_ratio):
+  """torchvision's sampling_ratio <= 0: ceil(RoI size / S) samples per bin side, capped.
+
+  Args:
+    bin_size: [R, 2] bin (x, y) lengths in feature cells.
+    output_size: S.
+    max_sampling_ratio: cap M; RoIs over M * S cells a side get M samples per bin.
+
+  Returns:
+    grid: [R, 2] int32 samples per bin side in [1, M] (for the coordinates).
+    mask_x, mask_y: [R, S * M] 1.0 for the samples g < grid, else 0.0.
+    count: [R] the mean's divisor, max(grid_x * grid_y, 1) before the floor at 1.
+  """
+  exact = jnp.ceil(bin_size).astype(jnp.int32)  # ceil(roi_size / S), 0 for empty RoIs
+  grid = jnp.clip(exact, 0, max_sampling_ratio)
+  g = jnp.tile(jnp.arange(max_sampling_ratio), output_size)
+  mask = (g[None, :, None] < grid[:, None, :]).astype(bin_size.dtype)  # [R, S*M, 2]
+  count = jnp.maximum(grid[:, 0] * grid[:, 1], 1).astype(bin_size.dtype)
+  return jnp.maximum(grid, 1), mask[..., 0], mask[..., 1], count
 
 
 def _interpolation_1d(coords, size):
@@ -56,18 +80,19 @@ def _interpolation_1d(coords, size):
 
 
 def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, scale,
-                    height, width, offset):
+                    height, width, offset, max_sampling_ratio=0):
   """RoIAlign of each RoI on its own map inside a flattened feature buffer.
 
   Args:
     flat_features: [N, C], maps stored row-major one after another.
     boxes: [R, 4] x1y1x2y2 in image pixels.
     output_size: S.
-    sampling_ratio: G > 0 samples per bin side.
+    sampling_ratio: G > 0 samples per bin side; 0: adaptive (see roi_align).
     aligned: torchvision's half-pixel offset.
     scale: [R] spatial scale of each RoI's map.
     height, width: [R] int32 map extent of each RoI.
     offset: [R] int32 index of each RoI's map's first cell in flat_features.
+    max_sampling_ratio: the adaptive grid's cap M (sampling_ratio 0 only).
 
   Returns:
     [R, S, S, C] in flat_features.dtype; reverse-mode differentiable in flat_features.
@@ -81,10 +106,22 @@ def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, 
   if not aligned:
     roi_size = jnp.maximum(roi_size, 1.0)
   bin_size = roi_size / output_size
-  ys = _bin_coordinates(start[:, 1], bin_size[:, 1], output_size, sampling_ratio)
-  xs = _bin_coordinates(start[:, 0], bin_size[:, 0], output_size, sampling_ratio)
+  if sampling_ratio > 0:
+    grid = (None, None)
+  else:  # a static M x M grid per bin, of which each RoI weighs its first grid_y x grid_x
+    sampling_ratio = max_sampling_ratio
+    grid, mask_x, mask_y, count = _adaptive_grid(bin_size, output_size, sampling_ratio)
+    grid = (grid[:, 0], grid[:, 1])
+  ys = _bin_coordinates(start[:, 1], bin_size[:, 1], output_size, sampling_ratio, grid[1])
+  xs = _bin_coordinates(start[:, 0], bin_size[:, 0], output_size, sampling_ratio, grid[0])
   y_low, y_high, wy_low, wy_high = _interpolation_1d(ys, height)
   x_low, x_high, wx_low, wx_high = _interpolation_1d(xs, width)
+  if grid[0] is None:
+    divisor = sampling_ratio**2
+  else:
+    wy_low, wy_high = wy_low * mask_y, wy_high * mask_y
+    wx_low, wx_high = wx_low * mask_x, wx_high * mask_x
+    divisor = count[:, None, None, None, None]
   # Each bin is a weighted sum of G * G * 4 cells: its samples' four neighbours,
   # with the bilinear weights divided by the G * G samples of the bin mean.
   rows = jnp.stack([y_low, y_high], -1) * width[:, None, None]  # [R, S*G, 2]
@@ -95,7 +132,8 @@ def _roi_align_flat(flat_features, boxes, output_size, sampling_ratio, aligned, 
             * jnp.stack([wx_low, wx_high], -1)[:, None, :, None, :])  # [R, S*G, S*G, 2, 2]
   shape = (boxes.shape[0], output_size, sampling_ratio, output_size, sampling_ratio, 4)
   pooled = _weighted_gather(flat_features, index.reshape(shape),
-                            weight.reshape(shape) / sampling_ratio**2)
+                            (weight / divisor).reshape(shape) if grid[0] is not None
+                            else weight.reshape(shape) / divisor)
   return pooled.astype(flat_features.dtype)
 
 
@@ -227,7 +265,7 @@ def _single_level_geometry(features, num_rois, spatial_scale):
 
 
 def roi_align(features: jax.Array, boxes: jax.Array, output_size: int, spatial_scale: float,
-              sampling_ratio: int, aligned: bool) -> jax.Array:
+              sampling_ratio: int, aligned: bool, max_sampling_ratio: int = 0) -> jax.Array:
   """torchvision.ops.roi_align on one image and one level (NHWC).
 
   Args:
@@ -235,19 +273,31 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: int, spatial_s
     boxes: [R, 4] float32 x1y1x2y2 image pixels.
     output_size: S, bins per side.
     spatial_scale: feature cells per image pixel (1 / stride).
-    sampling_ratio: G > 0 bilinear samples per bin side (static; torchvision's adaptive
-      G <= 0 depends on each box's size and has no static shape).
+    sampling_ratio: G > 0 bilinear samples per bin side (a static grid), or 0:
+      adaptive, ceil(RoI size / S) per bin side and axis (torchvision's and Detectron2's
+      POOLER_SAMPLING_RATIO 0), computed on a static max_sampling_ratio grid whose
+      extra samples are masked out: exact for RoIs up to max_sampling_ratio * S cells a
+      side; a larger RoI's bins average max_sampling_ratio evenly spaced samples.
     aligned: shift box corners by -0.5 cell (pixel centers) and allow RoIs under 1 cell.
+    max_sampling_ratio: M >= 1, the adaptive grid's cap (sampling_ratio 0 only).
 
   Returns:
     [R, S, S, C] in features.dtype, the mean of the G x G bilinear samples of each bin;
     reverse-mode differentiable in `features`, not in `boxes`.
   """
-  if sampling_ratio <= 0:
-    raise ValueError(f'sampling_ratio must be > 0 (static sample grid), got {sampling_ratio}')
+  _check_sampling(sampling_ratio, max_sampling_ratio)
   geometry = _single_level_geometry(features, boxes.shape[0], spatial_scale)
   return _roi_align_flat(geometry[0], boxes, output_size, sampling_ratio, aligned,
-                         *geometry[1:])
+                         *geometry[1:], max_sampling_ratio=max_sampling_ratio)
+
+
+def _check_sampling(sampling_ratio: int, max_sampling_ratio: int) -> None:
+  if sampling_ratio < 0:
+    raise ValueError(f'sampling_ratio must be > 0 (static grid) or 0 (adaptive), got '
+                     f'{sampling_ratio}')
+  if sampling_ratio == 0 and max_sampling_ratio < 1:
+    raise ValueError('adaptive sampling (sampling_ratio 0) needs max_sampling_ratio >= 1, '
+                     f'got {max_sampling_ratio}')
 
 
 def roi_pool(features: jax.Array, boxes: jax.Array, output_size: int, spatial_scale: float,
@@ -319,24 +369,26 @@ def _multilevel(op, features, boxes, min_level):
 
 
 def multilevel_roi_align(features: Sequence[jax.Array], boxes: jax.Array, output_size: int,
-                         sampling_ratio: int, aligned: bool, min_level: int = 2) -> jax.Array:
+                         sampling_ratio: int, aligned: bool, min_level: int = 2,
+                         max_sampling_ratio: int = 0) -> jax.Array:
   """torchvision MultiScaleRoIAlign: RoIAlign from each box's assigned FPN level.
 
   Args:
     features: per level [B, H_l, W_l, C] for levels min_level.. (level l has stride 2**l).
     boxes: [B, R, 4] float32 x1y1x2y2 image pixels (zero boxes of padding go to min_level).
     output_size: S.
-    sampling_ratio: G > 0 (see roi_align).
+    sampling_ratio: G > 0, or 0: adaptive (see roi_align).
     aligned: see roi_align.
     min_level: level of features[0].
+    max_sampling_ratio: the adaptive grid's cap (see roi_align).
 
   Returns:
     [B, R, S, S, C] in the features' dtype.
   """
-  if sampling_ratio <= 0:
-    raise ValueError(f'sampling_ratio must be > 0 (static sample grid), got {sampling_ratio}')
+  _check_sampling(sampling_ratio, max_sampling_ratio)
   op = lambda flat, b, *geometry: _roi_align_flat(flat, b, output_size, sampling_ratio,
-                                                  aligned, *geometry)
+                                                  aligned, *geometry,
+                                                  max_sampling_ratio=max_sampling_ratio)
   return _multilevel(op, features, boxes, min_level)
 
 
