@@ -173,6 +173,10 @@ def default_config() -> ml_collections.ConfigDict:
   d.num_keypoints = 0
   d.random_flip = True
   d.filter_empty_train = True  # drop training images without (non-crowd) instances
+  # A training image that is missing or cannot be decoded: 'skip' leaves its batch slot
+  # empty (no pixels, no instances) with a warning naming it and a running count;
+  # 'fail' stops the run naming it. Evaluation always stops (a skip would change AP).
+  d.corrupt_images = 'skip'
   d.num_workers = 2  # grain worker processes preparing batches; 0: in the main process
   d.prefetch = 2  # batches prepared ahead
 

@@ -172,7 +172,8 @@ def image_results(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
     boxes: [n, 4] float32 x1y1x2y2 in the canvas frame.
     scores: [n] float32.
     classes: [n] int32 classes 1..K.
-    mask_probs: [n, M, M] float32 mask probabilities over each box, canvas frame.
+    mask_probs: [n, M, M] float32 mask probabilities over each box, canvas frame; None
+      for a model without a mask head (no segm results).
     image_id: the dataset image id.
     info: [5] float32, the image's image_info row (maskrcnn_jax/image_info.py).
     original_hw: (height, width) of the original image.
@@ -180,6 +181,9 @@ def image_results(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
     mask_threshold, mask_paste: `config.eval.mask_threshold` / `mask_paste`.
   """
   height, width = (int(v) for v in original_hw)
+  with_masks = mask_probs is not None
+  if not with_masks:
+    mask_probs = np.zeros((len(boxes), 1, 1), np.float32)
   boxes, mask_probs, (resized_h, resized_w) = transforms.to_original_orientation(
       np.asarray(boxes, np.float32), np.asarray(mask_probs), info)
   boxes = transforms.resize_boxes(boxes, resized_h, resized_w, height, width)
@@ -189,6 +193,8 @@ def image_results(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
               'score': float(score)}
     x1, y1, x2, y2 = (float(v) for v in box)
     bbox_results.append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
+    if not with_masks:
+      continue
     region, row0, col0 = paste_region(probs, box, height, width, mask_threshold, mask_paste)
     segm_results.append(dict(common, segmentation=encode_region(region, row0, col0,
                                                                 height, width)))
@@ -213,7 +219,7 @@ def batch_results(outputs: dict[str, np.ndarray], original_hw: Sequence[Sequence
     keep = np.asarray(outputs['valid'][i], bool)
     boxes, segms = image_results(
         outputs['boxes'][i][keep], outputs['scores'][i][keep], outputs['classes'][i][keep],
-        outputs['masks'][i][keep], int(image_id), outputs['image_info'][i], original_hw[i],
+        outputs['masks'][i][keep] if 'masks' in outputs else None, int(image_id), outputs['image_info'][i], original_hw[i],
         category_ids, mask_threshold, mask_paste)
     bbox_results += boxes
     segm_results += segms

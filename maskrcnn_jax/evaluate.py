@@ -90,7 +90,7 @@ def coco_metrics(coco_gt: coco_eval.GroundTruth, bbox_results: list[dict],
     coco_gt: the ground truth.
     bbox_results: COCO results {'image_id', 'category_id', 'bbox' [x, y, w, h], 'score'}.
     segm_results: COCO results {'image_id', 'category_id', 'segmentation' (RLE),
-      'score'}.
+      'score'}; None for a model without a mask head (no 'segm' entry).
     class_names_by_category_id: names for the per-category APs.
     engine: `eval.engine` (coco_eval.ENGINES).
 
@@ -101,6 +101,8 @@ def coco_metrics(coco_gt: coco_eval.GroundTruth, bbox_results: list[dict],
   """
   metrics = {}
   for iou_type, results in zip(IOU_TYPES, (bbox_results, segm_results)):
+    if results is None:  # no mask head: no segm table
+      continue
     print(f'COCO {iou_type}: {len(results)} results')
     table = coco_eval.coco_table(coco_gt, results, iou_type, engine, print_table=True)
     table['per_category'] = {
@@ -215,7 +217,7 @@ class Evaluator:
                     ) -> tuple[list[dict], list[dict]]:
     """Thread task: one global batch of outputs to the host, then to a worker process
     (`eval_host.batch_results`; in this thread when `processes` is None)."""
-    outputs = jax.device_get({k: outputs[k] for k in _HOST_KEYS})
+    outputs = jax.device_get({k: outputs[k] for k in _HOST_KEYS if k in outputs})
     original_hw = [(0, 0) if image_id == pipeline.PADDING_IMAGE_ID else
                    (self._coco_gt.images[int(image_id)]['height'],
                     self._coco_gt.images[int(image_id)]['width'])
@@ -293,6 +295,8 @@ class Evaluator:
 
     metrics = None
     if self._is_main:
+      if not self._config.model.mask_head.enabled:
+        segm_results = None
       metrics = coco_metrics(self._coco_gt, bbox_results, segm_results, self._class_names,
                              self._config.eval.engine)
       if with_keypoints:
@@ -307,7 +311,7 @@ class Evaluator:
                      checkpoint=checkpoint, step=step, engine=self._config.eval.engine)
       logging.info('evaluated %d images in %.1f s (%.2f images/s): box AP %.4f, mask AP '
                    '%.4f', len(self._dataset), seconds, metrics['images_per_second'],
-                   metrics['bbox']['AP'], metrics['segm']['AP'])
+                   metrics['bbox']['AP'], metrics.get('segm', {}).get('AP', float('nan')))
       if workdir:
         _write_json(workdir, bbox_results, segm_results, metrics)
         if with_keypoints:
@@ -326,6 +330,8 @@ def _write_json(workdir: str, bbox_results: list[dict], segm_results: list[dict]
   os.makedirs(workdir, exist_ok=True)
   for name, value in (('results_bbox.json', bbox_results),
                       ('results_segm.json', segm_results)):
+    if value is None:  # no mask head
+      continue
     with open(os.path.join(workdir, name), 'w') as f:
       json.dump(value, f)
   write_metrics(workdir, metrics)

@@ -82,6 +82,15 @@ def test_batch_results_drop_padding_and_match_per_image_results():
   assert all(mask_util.decode(s['segmentation']).shape == (480, 640) for s in segms)
 
 
+def test_a_model_without_masks_gives_the_same_boxes_and_no_segm():
+  outputs, original_hw = eval_benchmark.synthetic_outputs(2, per_image=6, seed=4)
+  category_ids = list(range(1, eval_benchmark.NUM_CATEGORIES + 1))
+  with_masks = eval_host.batch_results(outputs, original_hw, category_ids, 0.5, 'bilinear')
+  del outputs['masks']  # Keypoint R-CNN alone: no mask head
+  boxes, segms = eval_host.batch_results(outputs, original_hw, category_ids, 0.5, 'bilinear')
+  assert len(boxes) == 12 and boxes == with_masks[0] and segms == []
+
+
 def test_worker_processes_give_the_same_results():
   outputs, original_hw = eval_benchmark.synthetic_outputs(2, per_image=5, seed=3)
   args = (outputs, original_hw, list(range(1, 81)), 0.5, 'torchvision')

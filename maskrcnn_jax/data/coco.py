@@ -43,6 +43,11 @@ class CocoFormatError(ValueError):
   """Bad COCO input; the message names the file and the image or annotation id."""
 
 
+class ImageReadError(CocoFormatError):
+  """An image file that is missing, cannot be decoded, or has another size than its
+  annotation says (`read_image`); training may skip it (data.corrupt_images)."""
+
+
 class Skips:
   """Counts the documented skips and keeps the first few ids of each for the log."""
 
@@ -379,14 +384,14 @@ def read_image(record: ImageRecord) -> np.ndarray:
                     else io.BytesIO(record.image_bytes)) as image:
       pixels = np.asarray(image.convert('RGB'))
   except FileNotFoundError as e:
-    raise CocoFormatError(
+    raise ImageReadError(
         f'{record.source}: image id {record.image_id}: missing image {record.path}') from e
   except (OSError, SyntaxError, ValueError) as e:
-    raise CocoFormatError(
+    raise ImageReadError(
         f'{record.source}: image id {record.image_id}: cannot decode {record.path}: {e}'
     ) from e
   if pixels.shape[:2] != (record.height, record.width):
-    raise CocoFormatError(
+    raise ImageReadError(
         f'{record.source}: image id {record.image_id}: {record.path} is '
         f'{pixels.shape[0]} x {pixels.shape[1]}, the annotation file says '
         f'{record.height} x {record.width}')

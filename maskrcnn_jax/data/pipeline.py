@@ -40,6 +40,10 @@ from maskrcnn_jax.ops import keypoints as keypoint_ops
 from maskrcnn_jax.ops import masks as mask_ops
 
 PADDING_IMAGE_ID = -1
+# The image_id of a training slot whose image could not be read (data.corrupt_images =
+# 'skip'): an empty example, like padding; `Batches` names the file and counts it.
+SKIPPED_IMAGE_ID = -2
+CORRUPT_IMAGE_POLICIES = ('skip', 'fail')
 
 
 def load_split(data_config: ml_collections.ConfigDict, split: str) -> coco.CocoDataset:
@@ -292,7 +296,13 @@ class _HostBatch:
       position = step * self._global_batch + self._offset + slot
       rng = np.random.default_rng([self._seed, position, 1]) if self._train else None
       canvas = transforms.Canvas(canvas_index, height, width, bool(self._transposed[index]))
-      example = prepare_example(self._records[index], self._config, canvas, rng)
+      try:
+        example = prepare_example(self._records[index], self._config, canvas, rng)
+      except coco.ImageReadError:
+        if not (self._train and self._config.corrupt_images == 'skip'):
+          raise
+        batch['image_id'][slot] = SKIPPED_IMAGE_ID  # the rest of the slot stays zeros
+        continue
       # Only the valid region and instances: the rest is zeros in both, and pages of a
       # fresh shared segment that are never written cost nothing.
       valid_h, valid_w = (int(v) for v in image_info.resized_hw(example['image_info']))
@@ -359,6 +369,9 @@ class Batches:
     if global_batch_size % process_count:
       raise ValueError(f'global batch {global_batch_size} is not divisible by '
                        f'{process_count} hosts')
+    if data_config.corrupt_images not in CORRUPT_IMAGE_POLICIES:
+      raise ValueError(f'data.corrupt_images must be one of {CORRUPT_IMAGE_POLICIES}; got '
+                       f'{data_config.corrupt_images!r}')
     if not len(dataset):
       raise ValueError(f'{dataset.annotation_file}: no images to read')
     truncated = int(np.sum(dataset.instance_counts > data_config.max_instances))
@@ -372,6 +385,10 @@ class Batches:
                            seed=seed)
     self.num_steps = plan.num_steps
     self.wait_seconds = 0.0
+    self.skipped_images = 0  # training images left out because they could not be read
+    self._plan, self._records = plan, dataset.records
+    self._next_step, self._host_offset = start_step, process_index * (
+        global_batch_size // process_count)
     workers = data_config.num_workers
     # A list would be pickled whole to each worker; the store sends a file name. Lazy
     # records (TFDS) already travel as a reader.
@@ -394,7 +411,23 @@ class Batches:
       batch = next(self._iterator)
     finally:
       self.wait_seconds += time.perf_counter() - start
-    return {key: np.asarray(value) for key, value in batch.items()}  # plain views of shm
+    step, self._next_step = self._next_step, self._next_step + 1
+    batch = {key: np.asarray(value) for key, value in batch.items()}  # plain views of shm
+    for slot in np.flatnonzero(batch['image_id'] == SKIPPED_IMAGE_ID):
+      self._warn_skipped(step, int(slot))
+    return batch
+
+  def _warn_skipped(self, step: int, slot: int) -> None:
+    """Names the image a worker could not read (read again here for its message)."""
+    record = self._records[int(self._plan.step(step)[1][self._host_offset + slot])]
+    self.skipped_images += 1
+    try:
+      coco.read_image(record)
+      reason = f'{record.source}: image id {record.image_id}: cannot read {record.path}'
+    except coco.ImageReadError as e:
+      reason = str(e)
+    logging.warning('%s; skipped at step %d (%d skipped so far; data.corrupt_images = '
+                    "'fail' stops instead)", reason, step, self.skipped_images)
 
   def close(self) -> None:
     self._iterator.close()

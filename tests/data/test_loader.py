@@ -312,6 +312,55 @@ def test_corrupt_image_in_a_worker_names_its_file_and_id(varied, tmp_path):
       next(batches)
 
 
+def _with_one_broken_image(varied, tmp_path):
+  """`varied` with image id 5's file replaced by bytes that are not an image."""
+  broken = tmp_path / 'broken.png'
+  broken.write_bytes(b'not an image')
+  return dataclasses.replace(varied, records=[
+      dataclasses.replace(r, path=str(broken)) if r.image_id == 5 else r
+      for r in varied.records])
+
+
+@pytest.mark.parametrize('workers', [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_a_corrupt_training_image_is_a_counted_skip(varied, tmp_path, caplog, workers):
+  bad = _with_one_broken_image(varied, tmp_path)
+  config = _batches_config(num_workers=workers)
+  good = _take(pipeline.Batches(varied, config, 4, train=True, seed=3), 8)
+  with caplog.at_level(logging.WARNING), \
+      pipeline.Batches(bad, config, 4, train=True, seed=3) as batches:
+    stream = [next(batches) for _ in range(8)]
+    skipped = batches.skipped_images
+  found = 0
+  for got, want in zip(stream, good):  # 8 steps of 4 over 14 images: id 5 comes twice
+    for slot in range(4):
+      if want['image_id'][slot] != 5:  # every other example as without the broken file
+        for key in got:
+          np.testing.assert_array_equal(got[key][slot], want[key][slot], err_msg=key)
+        continue
+      found += 1
+      assert got['image_id'][slot] == pipeline.SKIPPED_IMAGE_ID
+      for key in got:
+        if key != 'image_id':
+          assert not got[key][slot].any(), key  # an empty example: no pixels, no instances
+  assert found >= 2 and skipped == found
+  warnings = [r.getMessage() for r in caplog.records if 'skipped at step' in r.getMessage()]
+  assert len(warnings) == found
+  assert 'image id 5: cannot decode' in warnings[0] and 'broken.png' in warnings[0]
+  assert f'({found} skipped so far' in warnings[-1]
+
+
+def test_a_corrupt_image_stops_training_with_fail_and_evaluation_always(varied, tmp_path):
+  bad = _with_one_broken_image(varied, tmp_path)
+  with pytest.raises(coco.CocoFormatError, match=r'image id 5: cannot decode .*broken.png'):
+    _take(pipeline.Batches(bad, _batches_config(corrupt_images='fail'), 4, train=True,
+                           seed=3), 8)
+  with pytest.raises(coco.CocoFormatError, match=r'image id 5: cannot decode .*broken.png'):
+    _take(pipeline.Batches(bad, _batches_config(), 4, train=False))
+  with pytest.raises(ValueError, match=r"data.corrupt_images must be one of \('skip', "
+                     r"'fail'\); got 'ignore'"):
+    pipeline.Batches(bad, _batches_config(corrupt_images='ignore'), 4, train=True)
+
+
 def test_coco_tiny_eval_at_the_1x_config(coco_tiny):
   cfg = default_config().data
   cfg.val_annotations = str(coco_tiny / 'annotations' / 'instances_val2017.json')
