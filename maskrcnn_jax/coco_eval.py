@@ -123,6 +123,11 @@ def coco_table(ground_truth: GroundTruth, results: list[dict], iou_type: str,
   if print_table:
     print('\n'.join(lines))
   stats = dict(zip(STAT_NAMES, (float(s) for s in evaluator.stats[:12])))
+  return dict(stats, per_category=per_category_ap(evaluator))
+
+
+def per_category_ap(evaluator: Any) -> dict[int, float]:
+  """{category id: AP@[.5:.95]} of an accumulated COCOeval (-1 where undefined)."""
   # precision: [iou thresholds, recall thresholds, categories, area ranges, max dets].
   precision = np.asarray(evaluator.eval['precision'])
   per_category = {}
@@ -130,7 +135,7 @@ def coco_table(ground_truth: GroundTruth, results: list[dict], iou_type: str,
     p = precision[:, :, k, 0, -1]
     p = p[p > -1]
     per_category[int(category_id)] = float(p.mean()) if p.size else -1.0
-  return dict(stats, per_category=per_category)
+  return per_category
 
 
 _TABLE_ROWS = (  # (AP or AR, IoU, area, max dets) of each stat, as pycocotools prints

@@ -458,10 +458,4 @@ def keypoint_metrics(coco_gt: coco_eval.GroundTruth, results: list[dict],
     evaluator.accumulate()
   evaluator.summarize()
   stats = dict(zip(KEYPOINT_STAT_NAMES, (float(s) for s in evaluator.stats)))
-  precision = np.asarray(evaluator.eval['precision'])
-  per_category = {}
-  for k, category_id in enumerate(evaluator.params.catIds):
-    p = precision[:, :, k, 0, -1]
-    p = p[p > -1]
-    per_category[int(category_id)] = float(p.mean()) if p.size else -1.0
-  return dict(stats, per_category=per_category)
+  return dict(stats, per_category=coco_eval.per_category_ap(evaluator))
