@@ -63,35 +63,6 @@ def _region_bilinear(mask_probs: np.ndarray, box: np.ndarray, height: int, width
   return out >= threshold, row0, col0
 
 
-def _region_torchvision(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,
-                        threshold: float) -> tuple[np.ndarray, int, int]:
-  """`paste_mask(method='torchvision')` over the rows/columns it computes."""
-  size = mask_probs.shape[-1]
-  padded = np.pad(mask_probs.astype(np.float32), 1)
-  scale = np.float32((size + 2) / size)
-  box = box.astype(np.float32)
-  half_w = (box[2] - box[0]) * np.float32(0.5) * scale
-  half_h = (box[3] - box[1]) * np.float32(0.5) * scale
-  center_x = (box[2] + box[0]) * np.float32(0.5)
-  center_y = (box[3] + box[1]) * np.float32(0.5)
-  expanded = np.array([center_x - half_w, center_y - half_h, center_x + half_w,
-                       center_y + half_h], np.float32)
-  bx0, by0, bx1, by1 = (int(v) for v in expanded.astype(np.int64))
-  box_w = max(bx1 - bx0 + 1, 1)
-  box_h = max(by1 - by0 + 1, 1)
-  col0, col1 = max(bx0, 0), min(bx1 + 1, width)
-  row0, row1 = max(by0, 0), min(by1 + 1, height)
-  if row1 <= row0 or col1 <= col0:
-    return np.zeros((0, 0), bool), 0, 0
-  r0, r1, wr0, wr1 = mask_ops.torch_bilinear_taps(size + 2, np.arange(row0, row1) - by0, box_h)
-  c0, c1, wc0, wc1 = mask_ops.torch_bilinear_taps(size + 2, np.arange(col0, col1) - bx0, box_w)
-  upper, lower = padded[r0], padded[r1]  # [h, M + 2]
-  top = upper[:, c0] * wc0 + upper[:, c1] * wc1
-  bottom = lower[:, c0] * wc0 + lower[:, c1] * wc1
-  values = top * wr0[:, None] + bottom * wr1[:, None]
-  return values > np.float32(threshold), row0, col0
-
-
 def paste_region(mask_probs: np.ndarray, box: Sequence[float], height: int, width: int,
                  threshold: float = 0.5, method: str = 'bilinear'
                  ) -> tuple[np.ndarray, int, int]:
@@ -112,7 +83,7 @@ def paste_region(mask_probs: np.ndarray, box: Sequence[float], height: int, widt
   if method == 'bilinear':
     return _region_bilinear(mask_probs, box, height, width, threshold)
   if method == 'torchvision':
-    return _region_torchvision(mask_probs, box, height, width, threshold)
+    return mask_ops.torchvision_region(mask_probs, box, height, width, threshold)
   raise ValueError(f"method must be 'bilinear' or 'torchvision'; got {method!r}")
 
 

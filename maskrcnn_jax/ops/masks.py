@@ -215,10 +215,10 @@ def torch_bilinear_taps(in_size: int, out_indices: np.ndarray,
   return index0, index1, np.float32(1) - lambda1, lambda1
 
 
-def _paste_torchvision(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,
-                       threshold: float) -> np.ndarray:
-  """torchvision `paste_masks_in_image` (padding 1) for one mask, thresholded > threshold."""
-  out = np.zeros((height, width), bool)
+def torchvision_region(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,
+                       threshold: float) -> tuple[np.ndarray, int, int]:
+  """torchvision `paste_masks_in_image` (padding 1) for one mask, over the pixels it
+  computes: ([h, w] bool thresholded > threshold, row0, col0) of the image."""
   size = mask_probs.shape[-1]
   padded = np.pad(mask_probs.astype(np.float32), 1)
   # expand_boxes, in float32 as torch, then truncation toward zero (`.to(torch.int64)`).
@@ -237,13 +237,21 @@ def _paste_torchvision(mask_probs: np.ndarray, box: np.ndarray, height: int, wid
   col0, col1 = max(bx0, 0), min(bx1 + 1, width)
   row0, row1 = max(by0, 0), min(by1 + 1, height)
   if row1 <= row0 or col1 <= col0:
-    return out
+    return np.zeros((0, 0), bool), 0, 0
   r0, r1, wr0, wr1 = torch_bilinear_taps(size + 2, np.arange(row0, row1) - by0, box_h)
   c0, c1, wc0, wc1 = torch_bilinear_taps(size + 2, np.arange(col0, col1) - bx0, box_w)
   top = padded[r0[:, None], c0] * wc0 + padded[r0[:, None], c1] * wc1
   bottom = padded[r1[:, None], c0] * wc0 + padded[r1[:, None], c1] * wc1
   values = top * wr0[:, None] + bottom * wr1[:, None]
-  out[row0:row1, col0:col1] = values > np.float32(threshold)
+  return values > np.float32(threshold), row0, col0
+
+
+def _paste_torchvision(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,
+                       threshold: float) -> np.ndarray:
+  """`torchvision_region` placed into an [height, width] bool image."""
+  out = np.zeros((height, width), bool)
+  region, row0, col0 = torchvision_region(mask_probs, box, height, width, threshold)
+  out[row0:row0 + region.shape[0], col0:col0 + region.shape[1]] = region
   return out
 
 
