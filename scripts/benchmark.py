@@ -658,6 +658,12 @@ def main():
         result['cases'].append(case)
         print(f'batch {batch} {config.model.dtype}: done', file=sys.stderr, flush=True)
   table = markdown_table(result)
+  _write_outputs(args, result, table)
+
+
+def _write_outputs(args: argparse.Namespace, result: dict, table: str) -> None:
+  """Prints the Markdown table; writes the JSON (--output) and appends the table
+  (--markdown)."""
   print(table)
   if args.output:
     with open(args.output, 'w') as f:
@@ -675,13 +681,7 @@ def run_eval_mode(args: argparse.Namespace) -> None:
   result.update(mode='eval', date=datetime.datetime.now().isoformat(timespec='seconds'),
                 machine=f'{cpu_name()}, {os.cpu_count()} CPUs')
   table = eval_benchmark.markdown_table(result)
-  print(table)
-  if args.output:
-    with open(args.output, 'w') as f:
-      json.dump(result, f, indent=1)
-  if args.markdown:
-    with open(args.markdown, 'a') as f:
-      f.write('\n' + table)
+  _write_outputs(args, result, table)
 
 
 if __name__ == '__main__':
