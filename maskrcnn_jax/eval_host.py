@@ -1,11 +1,13 @@
 """Host post-processing of evaluation outputs: box-region pasting, region RLE, processes.
 
 Each detection's mask is pasted only over the image rows and columns its box can reach
-(`paste_region`) and RLE-encoded from that region (`encode_region`): the full-image
-column-major runs are rebuilt from the region's runs, so no [H, W] mask is ever made.
-The pixels are those of `ops.masks.paste_mask` (the same float64 / float32 arithmetic in
-the same order, so the same threshold decisions) and the strings those of pycocotools'
-`encode` of the full mask (tests/test_eval_host.py checks both).
+(`paste_region`) and RLE-encoded from that region (`region_runs`): the full-image
+column-major runs are rebuilt from the region's run starts and ends, so no [H, W] mask
+is ever made. The pixels are those of `ops.masks.paste_mask`:
+torchvision's float32 arithmetic in the same order; for the bilinear paste, float32
+separable values, with the float64 reference recomputed where they are too close to the
+threshold to decide. The strings are those of pycocotools' `encode` of the full mask
+(tests/test_eval_host.py checks both); one image's masks are compressed in one call.
 
 `image_results` turns one image's detections into COCO results; `batch_results` does it
 for a batch of numpy outputs and is what `ResultsPool` runs in spawned worker processes
@@ -15,7 +17,7 @@ for a batch of numpy outputs and is what `ResultsPool` runs in spawned worker pr
 import concurrent.futures
 import multiprocessing
 import os
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_util
@@ -26,41 +28,152 @@ from maskrcnn_jax.ops import masks as mask_ops
 PADDING_IMAGE_ID = -1  # data.pipeline.PADDING_IMAGE_ID (that module is not imported here)
 
 
-def _taps(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """`ops.masks._linear_taps`, per tap: indices [2][n] int64, weights [2][n] float64."""
-  indices, weights = mask_ops._linear_taps(coords, size)  # pylint: disable=protected-access
-  return (indices[:, 0], indices[:, 1]), (weights[:, 0], weights[:, 1])
+class _Taps(NamedTuple):
+  """One detection's interpolation taps along one image axis (h rows or w columns)."""
+  start: int  # first image row (column) of the region
+  index0: np.ndarray  # [n] int64 mask rows (columns) read, safe to gather
+  index1: np.ndarray  # [n] int64
+  weight0: np.ndarray  # [n] float32 (torchvision's; bilinear: exact0 rounded)
+  weight1: np.ndarray  # [n] float32
+  exact0: np.ndarray | None = None  # [n] float64, bilinear only: the reference's weights
+  exact1: np.ndarray | None = None  # [n] float64
+
+  def pick(self, positions: np.ndarray) -> '_Taps':
+    return _Taps(self.start, *(a[positions] for a in self[1:]))
 
 
-def _region_bilinear(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,
-                     threshold: float) -> tuple[np.ndarray, int, int]:
-  """`paste_mask(method='bilinear')` over the rows/columns it computes."""
-  x1, y1, x2, y2 = (float(v) for v in box)
-  if not (x2 > x1 and y2 > y1):
-    return np.zeros((0, 0), bool), 0, 0
-  size_y, size_x = mask_probs.shape
-  margin_y, margin_x = (y2 - y1) / size_y, (x2 - x1) / size_x
-  row0 = max(int(np.floor(y1 - margin_y)), 0)
-  row1 = min(int(np.ceil(y2 + margin_y)) + 1, height)
-  col0 = max(int(np.floor(x1 - margin_x)), 0)
-  col1 = min(int(np.ceil(x2 + margin_x)) + 1, width)
-  if row1 <= row0 or col1 <= col0:
-    return np.zeros((0, 0), bool), 0, 0
-  ys = (np.arange(row0, row1) + 0.5 - y1) * (size_y / (y2 - y1)) - 0.5
-  xs = (np.arange(col0, col1) + 0.5 - x1) * (size_x / (x2 - x1)) - 0.5
-  rows, row_weights = _taps(ys, size_y)
-  cols, col_weights = _taps(xs, size_x)
-  image = mask_probs.astype(np.float64)
-  # As ops.masks._bilinear_sample: sum over (a, b) of (w_row_a * w_col_b) * tap, in order;
-  # gathering rows first, then columns, reads the same tap values.
-  out = np.zeros((row1 - row0, col1 - col0))
-  for a in range(2):
-    picked_rows = image[rows[a]]  # [h, M]
-    for b in range(2):
-      term = np.multiply.outer(row_weights[a], col_weights[b])
-      term *= picked_rows[:, cols[b]]
+def _split_taps(start: np.ndarray, offsets: np.ndarray, *taps: np.ndarray) -> list[_Taps]:
+  """ops.masks' concatenated taps of n boxes -> n `_Taps`."""
+  bounds = offsets.tolist()
+  return [_Taps(s, *[a[b0:b1] for a in taps])
+          for s, b0, b1 in zip(start.tolist(), bounds[:-1], bounds[1:])]
+
+
+def _bilinear_taps(lo: np.ndarray, hi: np.ndarray, mask_size: int,
+                   length: int) -> list[_Taps]:
+  start, offsets, coords = mask_ops.bilinear_paste_coords(lo, hi, mask_size, length)
+  indices, weights = mask_ops._linear_taps(  # pylint: disable=protected-access
+      coords, mask_size)
+  indices, weights = np.ascontiguousarray(indices.T), np.ascontiguousarray(weights.T)
+  approx = weights.astype(np.float32)
+  return _split_taps(start, offsets, indices[0], indices[1], approx[0], approx[1],
+                     weights[0], weights[1])
+
+
+def _torchvision_taps(lo: np.ndarray, hi: np.ndarray, mask_size: int,
+                      length: int) -> list[_Taps]:
+  return _split_taps(*mask_ops.torchvision_paste_taps(lo, hi, mask_size, length))
+
+
+def _framed(h: int, w: int) -> np.ndarray:
+  """[h + 2, w] bool zeros: a region with a 0 above and below each column (for the runs)."""
+  return np.zeros((h + 2, w), bool)
+
+
+def _bilinear_exact(probs: np.ndarray, rows: _Taps, cols: _Taps) -> np.ndarray:
+  """`ops.masks._bilinear_sample`'s values: [h, w] float64.
+
+  The same sum of (w_row_a * w_col_b) * tap over (a, b), in the same order; gathering
+  rows first, then columns, reads the same taps.
+  """
+  image = probs.astype(np.float64)
+  out = np.zeros((len(rows.index0), len(cols.index0)))
+  for row_index, row_weight in ((rows.index0, rows.exact0), (rows.index1, rows.exact1)):
+    picked = image[row_index]  # [h, M]
+    for col_index, col_weight in ((cols.index0, cols.exact0), (cols.index1, cols.exact1)):
+      term = np.multiply.outer(row_weight, col_weight)
+      term *= picked[:, col_index]
       out += term
-  return out >= threshold, row0, col0
+  return out
+
+
+def _separable(probs: np.ndarray, rows: _Taps, cols: _Taps) -> np.ndarray:
+  """Interpolated along columns on the [M, M] mask, then along rows: [h, w] float32.
+
+  torchvision's float32 arithmetic exactly (each of its products and sums, taken once:
+  its row r of the column-interpolated mask is computed once, not once per pixel row).
+  """
+  by_row = probs[:, cols.index0] * cols.weight0  # [M, w]
+  by_row += probs[:, cols.index1] * cols.weight1
+  values = by_row.take(rows.index0, axis=0)  # [h, w]
+  values *= rows.weight0[:, None]
+  lower = by_row.take(rows.index1, axis=0)
+  lower *= rows.weight1[:, None]
+  values += lower
+  return values
+
+
+# The float32 separable values are within 7 * 2^-24 * max|probs| of the exact sum (seven
+# roundings; each axis' weights sum to 1), the float64 reference within 2^-50 * max|probs|:
+# farther than _BAND * (max|probs| + |threshold|) from the threshold both decide alike.
+_BAND = 1e-5
+
+
+def _bilinear_region(probs: np.ndarray, rows: _Taps, cols: _Taps, threshold: float,
+                     probs_max: float) -> np.ndarray:
+  """`paste_mask(method='bilinear')` over the region, `_framed`: [h + 2, w] bool.
+
+  Computed separably in float32; the few pixels within `_BAND` of the threshold are
+  recomputed as `_bilinear_exact`, so every decision is the float64 reference's.
+  """
+  framed = _framed(len(rows.index0), len(cols.index0))
+  decided = framed[1:-1]
+  threshold = float(threshold)
+  if not (probs_max < 1e30 and abs(threshold) < 1e30):  # non-finite, or float32 overflow
+    np.greater_equal(_bilinear_exact(probs, rows, cols), threshold, out=decided)
+    return framed
+  values = _separable(probs.astype(np.float32, copy=False), rows, cols)
+  band = _BAND * (probs_max + abs(threshold)) + 1e-30
+  np.greater(values, np.float32(threshold + band), out=decided)
+  maybe = values >= np.float32(threshold - band)
+  if np.count_nonzero(maybe) != np.count_nonzero(decided):
+    near = maybe ^ decided  # [h, w] the pixels float32 cannot decide
+    near_rows = np.flatnonzero(near.any(axis=1))
+    near_cols = np.flatnonzero(near.any(axis=0))
+    exact = _bilinear_exact(probs, rows.pick(near_rows), cols.pick(near_cols)) >= threshold
+    grid = np.ix_(near_rows, near_cols)
+    decided[grid] = np.where(near[grid], exact, decided[grid])
+  return framed
+
+
+def _torchvision_region(padded: np.ndarray, rows: _Taps, cols: _Taps,
+                        threshold: float) -> np.ndarray:
+  """`ops.masks.torchvision_region`'s region, `_framed`: [h + 2, w] bool."""
+  framed = _framed(len(rows.index0), len(cols.index0))
+  np.greater(_separable(padded, rows, cols), np.float32(threshold), out=framed[1:-1])
+  return framed
+
+
+def _pasted_regions(mask_probs: np.ndarray, boxes: np.ndarray, height: int, width: int,
+                    threshold: float, method: str
+                    ) -> Iterator[tuple[np.ndarray, int, int]]:
+  """`paste_region` of n detections, each region `_framed`.
+
+  Args:
+    mask_probs: [n, M, M] float mask probabilities.
+    boxes: [n, 4] float64 x1y1x2y2 image pixels.
+  """
+  if method == 'bilinear':
+    rows = _bilinear_taps(boxes[:, 1], boxes[:, 3], mask_probs.shape[1], height)
+    cols = _bilinear_taps(boxes[:, 0], boxes[:, 2], mask_probs.shape[2], width)
+    probs_max = np.abs(mask_probs).max(axis=(1, 2)).tolist() if mask_probs.size else []
+  elif method == 'torchvision':
+    size = mask_probs.shape[-1]
+    padded = np.pad(mask_probs.astype(np.float32), ((0, 0), (1, 1), (1, 1)))
+    boxes = boxes.astype(np.float32)
+    rows = _torchvision_taps(boxes[:, 1], boxes[:, 3], size, height)
+    cols = _torchvision_taps(boxes[:, 0], boxes[:, 2], size, width)
+  else:
+    raise ValueError(f"method must be 'bilinear' or 'torchvision'; got {method!r}")
+  for k, (row_taps, col_taps) in enumerate(zip(rows, cols)):
+    if not (len(row_taps.index0) and len(col_taps.index0)):
+      yield _framed(0, 0), 0, 0
+    elif method == 'bilinear':
+      yield (_bilinear_region(mask_probs[k], row_taps, col_taps, threshold, probs_max[k]),
+             row_taps.start, col_taps.start)
+    else:
+      yield (_torchvision_region(padded[k], row_taps, col_taps, threshold),
+             row_taps.start, col_taps.start)
 
 
 def paste_region(mask_probs: np.ndarray, box: Sequence[float], height: int, width: int,
@@ -80,11 +193,49 @@ def paste_region(mask_probs: np.ndarray, box: Sequence[float], height: int, widt
   if mask_probs.ndim != 2 or box.shape != (4,):
     raise ValueError(
         f'expected mask_probs [M, M] and box [4]; got {mask_probs.shape} and {box.shape}')
-  if method == 'bilinear':
-    return _region_bilinear(mask_probs, box, height, width, threshold)
-  if method == 'torchvision':
-    return mask_ops.torchvision_region(mask_probs, box, height, width, threshold)
-  raise ValueError(f"method must be 'bilinear' or 'torchvision'; got {method!r}")
+  (framed, row0, col0), = _pasted_regions(mask_probs[None], box[None], height, width,
+                                          threshold, method)
+  return framed[1:-1], row0, col0
+
+
+def _runs(pasted: Iterable[tuple[np.ndarray, int, int]], height: int,
+          width: int) -> list[np.ndarray]:
+  """`region_runs` of n `_framed` regions (framed [h + 2, w], row0, col0), computed
+  together: per region only its run starts and ends are found."""
+  total = height * width
+  steps, regions = [], []
+  for framed, row0, col0 in pasted:
+    # (i, j) of [h + 1, w]: a run of 1s starts or ends at region row i of column j.
+    steps.append((framed[1:] != framed[:-1]).ravel().nonzero()[0])
+    regions.append((framed.shape[1], row0, col0))
+  n = len(steps)
+  if not n:
+    return []
+  lengths = np.array([len(k) for k in steps])
+  widths, row0s, col0s = (np.repeat(v, lengths) for v in np.array(regions).T)
+  rows, cols = np.divmod(np.concatenate(steps), widths)
+  # Column-major positions, mask k's offset by k * (total + 1): one sort orders each
+  # mask's starts and ends, which then alternate.
+  owners = np.repeat(np.arange(n), lengths)
+  keys = (cols + col0s) * height + rows + row0s + owners * (total + 1)
+  keys.sort()
+  # A run ending at a column's last row and one starting at the next column's first row
+  # are one run in column-major order.
+  joined = keys[1:] == keys[:-1]
+  if joined.any():
+    keep = np.ones(len(keys), bool)
+    keep[1:] &= ~joined
+    keep[:-1] &= ~joined
+    keys, owners = keys[keep], owners[keep]
+    lengths = np.bincount(owners, minlength=n)
+  positions = keys - owners * (total + 1)
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  # Mask k's run edges are 0, its positions, total; its counts their differences.
+  counts = (np.insert(positions, offsets[1:], total) -
+            np.insert(positions, offsets[:-1], 0))
+  bounds = (offsets + np.arange(n + 1)).tolist()
+  runs = [counts[b0:b1] for b0, b1 in zip(bounds[:-1], bounds[1:])]
+  return [r[:-1] if r[-1] == 0 and len(r) > 1 else r for r in runs]
 
 
 def region_runs(region: np.ndarray, row0: int, col0: int, height: int,
@@ -98,36 +249,26 @@ def region_runs(region: np.ndarray, row0: int, col0: int, height: int,
     counts: [k] int64, alternating runs of 0s and 1s starting with 0s, summing to
     height * width, no empty run except possibly the first (as pycocotools' encode).
   """
-  total = height * width
-  if region.size == 0 or not region.any():
-    return np.array([total], np.int64)
-  by_column = np.zeros((region.shape[1], region.shape[0] + 2), np.int8)  # [w, h + 2]
-  by_column[:, 1:-1] = region.T
-  steps = np.flatnonzero(np.diff(by_column, axis=1))  # into [w, h + 1]: a run starts/ends
-  # Each column starts and ends with a zero, so its steps alternate start, end.
-  cols, rows = np.divmod(steps, region.shape[0] + 1)
-  positions = (cols + col0) * height + rows + row0
-  starts, ends = positions[0::2], positions[1::2]
-  # A run ending at a column's last row and one starting at the next column's first row
-  # are one run in column-major order.
-  joined = ends[:-1] == starts[1:]
-  if joined.any():
-    starts = np.concatenate([starts[:1], starts[1:][~joined]])
-    ends = np.concatenate([ends[:-1][~joined], ends[-1:]])
-  edges = np.empty(2 * len(starts) + 2, np.int64)
-  edges[0], edges[-1] = 0, total
-  edges[1:-1:2], edges[2:-1:2] = starts, ends
-  counts = np.diff(edges)
-  return counts[:-1] if counts[-1] == 0 else counts
+  framed = _framed(*region.shape)
+  framed[1:-1] = region
+  return _runs([(framed, row0, col0)], height, width)[0]
+
+
+def _compress(runs: list[np.ndarray], height: int, width: int) -> list[dict[str, Any]]:
+  """Uncompressed RLE counts of [height, width] masks -> COCO compressed RLEs (str
+  counts, JSON-ready), with one pycocotools call."""
+  if not runs:
+    return []
+  rles = mask_util.frPyObjects([{'counts': r, 'size': [height, width]} for r in runs],
+                               height, width)
+  return [{'size': [height, width], 'counts': rle['counts'].decode('ascii')}
+          for rle in rles]
 
 
 def encode_region(region: np.ndarray, row0: int, col0: int, height: int,
                   width: int) -> dict[str, Any]:
   """COCO compressed RLE (str counts, JSON-ready) of the full mask holding `region`."""
-  rle = mask_util.frPyObjects(
-      {'counts': region_runs(region, row0, col0, height, width).tolist(),
-       'size': [height, width]}, height, width)
-  return {'size': [height, width], 'counts': rle['counts'].decode('ascii')}
+  return _compress([region_runs(region, row0, col0, height, width)], height, width)[0]
 
 
 def image_results(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
@@ -158,17 +299,19 @@ def image_results(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
   boxes, mask_probs, (resized_h, resized_w) = transforms.to_original_orientation(
       np.asarray(boxes, np.float32), np.asarray(mask_probs), info)
   boxes = transforms.resize_boxes(boxes, resized_h, resized_w, height, width)
-  bbox_results, segm_results = [], []
-  for box, score, label, probs in zip(boxes, scores, classes, mask_probs):
-    common = {'image_id': int(image_id), 'category_id': int(category_ids[int(label) - 1]),
-              'score': float(score)}
-    x1, y1, x2, y2 = (float(v) for v in box)
-    bbox_results.append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
-    if not with_masks:
-      continue
-    region, row0, col0 = paste_region(probs, box, height, width, mask_threshold, mask_paste)
-    segm_results.append(dict(common, segmentation=encode_region(region, row0, col0,
-                                                                height, width)))
+  corners = boxes.astype(np.float64)
+  xywh = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
+  commons = [{'image_id': int(image_id), 'category_id': int(category_ids[label - 1]),
+              'score': score}
+             for label, score in zip(np.asarray(classes).astype(np.int64).tolist(),
+                                     np.asarray(scores, np.float64).tolist())]
+  bbox_results = [dict(common, bbox=bbox) for common, bbox in zip(commons, xywh.tolist())]
+  if not with_masks:
+    return bbox_results, []
+  runs = _runs(_pasted_regions(mask_probs, corners, height, width, mask_threshold,
+                               mask_paste), height, width)
+  segm_results = [dict(common, segmentation=rle) for common, rle in
+                  zip(commons, _compress(runs, height, width))]
   return bbox_results, segm_results
 
 
@@ -190,7 +333,8 @@ def batch_results(outputs: dict[str, np.ndarray], original_hw: Sequence[Sequence
     keep = np.asarray(outputs['valid'][i], bool)
     boxes, segms = image_results(
         outputs['boxes'][i][keep], outputs['scores'][i][keep], outputs['classes'][i][keep],
-        outputs['masks'][i][keep] if 'masks' in outputs else None, int(image_id), outputs['image_info'][i], original_hw[i],
+        outputs['masks'][i][keep] if 'masks' in outputs else None, int(image_id),
+        outputs['image_info'][i], original_hw[i],
         category_ids, mask_threshold, mask_paste)
     bbox_results += boxes
     segm_results += segms

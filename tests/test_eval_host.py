@@ -6,6 +6,7 @@ import pytest
 
 from maskrcnn_jax import eval_host
 from maskrcnn_jax import eval_benchmark
+from maskrcnn_jax.data import transforms
 from maskrcnn_jax.ops import masks as mask_ops
 
 
@@ -46,6 +47,76 @@ def test_region_paste_and_rle_match_the_full_mask(method):
           _full_rle(expected)
       checked += int(expected.any())
   assert checked > 75  # non-empty masks among the 198 cases
+
+
+def _near_threshold_probs(rng, size, kind):
+  """Masks whose pasted values land on or next to 0.5, where rounding decides."""
+  if kind == 'constant':
+    return np.full((size, size), 0.5, np.float32)
+  if kind == 'ulps':  # 0.5 and its float32 neighbours
+    steps = rng.integers(-3, 4, (size, size)).astype(np.float32)
+    return (np.float32(0.5) + steps * np.float32(2.0 ** -25)).astype(np.float32)
+  if kind == 'quarters':  # ties of exact weights (integer-aligned boxes)
+    return rng.integers(0, 5, (size, size)).astype(np.float32) / 4
+  if kind == 'halves':  # 0.5 rows and columns between 0s and 1s
+    probs = rng.integers(0, 3, (size, size)).astype(np.float32) / 2
+    probs[size // 2] = 0.5
+    probs[:, size // 3] = 0.5
+    return probs
+  raise ValueError(kind)
+
+
+@pytest.mark.parametrize('method', ['bilinear', 'torchvision'])
+def test_region_paste_at_the_threshold_matches_the_full_mask(method):
+  # The bilinear paste is computed in float32 and rechecked in float64 near the
+  # threshold; these masks put most pixels there.
+  rng = np.random.default_rng(5)
+  height, width = 41, 57
+  corners = rng.integers(-8, 50, (40, 2))  # integer boxes of 1/4 .. 2 mask sides too
+  sides = rng.choice([1, 3, 7, 14, 21, 28, 56], (40, 2))
+  boxes = np.concatenate([_cases(rng, height, width, 40),
+                          np.concatenate([corners, corners + sides], 1)])
+  for k, box in enumerate(boxes):
+    size = (28, 14, 3)[k % 3]
+    for kind in ('constant', 'ulps', 'quarters', 'halves'):
+      probs = _near_threshold_probs(rng, size, kind)
+      for threshold in (0.5, 0.25, np.nextafter(np.float32(0.5), np.float32(1))):
+        expected = mask_ops.paste_mask(probs, box, height, width, threshold, method)
+        region, row0, col0 = eval_host.paste_region(probs, box, height, width, threshold,
+                                                    method)
+        pasted = np.zeros((height, width), bool)
+        pasted[row0:row0 + region.shape[0], col0:col0 + region.shape[1]] = region
+        np.testing.assert_array_equal(pasted, expected, f'{kind} {box} {threshold}')
+
+
+@pytest.mark.parametrize('method', ['bilinear', 'torchvision'])
+def test_region_paste_of_non_finite_or_huge_probabilities(method):
+  rng = np.random.default_rng(6)
+  for value in (np.nan, np.inf, -np.inf, 3e38):
+    probs = rng.uniform(0, 1, (14, 14)).astype(np.float32)
+    probs[rng.integers(0, 14, 5), rng.integers(0, 14, 5)] = value
+    box = (3.3, 2.1, 30.7, 25.2)
+    with np.errstate(invalid='ignore', over='ignore'):
+      expected = mask_ops.paste_mask(probs, box, 31, 40, 0.5, method)
+      region, row0, col0 = eval_host.paste_region(probs, box, 31, 40, 0.5, method)
+    pasted = np.zeros((31, 40), bool)
+    pasted[row0:row0 + region.shape[0], col0:col0 + region.shape[1]] = region
+    np.testing.assert_array_equal(pasted, expected, str(value))
+
+
+@pytest.mark.parametrize('method', ['bilinear', 'torchvision'])
+def test_image_results_match_full_masks(method):
+  outputs, original_hw = eval_benchmark.synthetic_outputs(1, per_image=40, seed=7)
+  height, width = original_hw[0]
+  _, segms = eval_host.image_results(
+      outputs['boxes'][0], outputs['scores'][0], outputs['classes'][0], outputs['masks'][0],
+      1, outputs['image_info'][0], original_hw[0], list(range(1, 81)), 0.5, method)
+  # Not transposed: the boxes are only scaled from the 800 x 1067 canvas.
+  boxes = transforms.resize_boxes(outputs['boxes'][0], 800, 1067, height, width)
+  assert len(segms) == 40
+  for box, probs, segm in zip(boxes, outputs['masks'][0], segms):
+    expected = mask_ops.paste_mask(probs, box, height, width, 0.5, method)
+    assert segm['segmentation'] == _full_rle(expected), box
 
 
 def test_region_runs_of_random_regions():

@@ -165,31 +165,57 @@ def crop_and_resize_mask(mask: np.ndarray, box: Sequence[float], size: int) -> n
   return (values >= 0.5).astype(np.uint8)
 
 
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Concatenated `arange(start, stop)` of n ranges: positions [T] int64, offsets [n + 1]
+  int64 (range k is positions[offsets[k]:offsets[k + 1]]; empty where stop <= start)."""
+  lengths = np.maximum(stops - starts, 0)
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  return np.arange(offsets[-1]) + np.repeat(starts - offsets[:-1], lengths), offsets
+
+
+def bilinear_paste_coords(lo: np.ndarray, hi: np.ndarray, mask_size: int, length: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Detectron2's paste along one image axis, for n boxes: the pixels it computes.
+
+  Args:
+    lo, hi: [n] float64 box sides on this axis (x1, x2 or y1, y2), image pixels.
+    mask_size: mask cells on this axis.
+    length: image pixels on this axis.
+
+  Returns:
+    start: [n] int64 first pixel of each box's range.
+    offsets: [n + 1] int64; box k's pixels are start[k] + (0 .. offsets[k + 1] -
+      offsets[k] - 1): none for a degenerate (hi <= lo) or non-finite box.
+    coords: [T] float64 those pixels' centers in mask-cell coordinates
+      (grid_sample, align_corners=False), concatenated.
+  """
+  valid = (hi > lo) & np.isfinite(lo) & np.isfinite(hi)
+  lo, hi = np.where(valid, lo, 0.0), np.where(valid, hi, 1.0)
+  # Outside the box grown by one mask cell every sample reads only zero padding.
+  margin = (hi - lo) / mask_size
+  start = np.clip(np.floor(lo - margin), 0, length).astype(np.int64)
+  stop = np.where(valid, np.clip(np.ceil(hi + margin) + 1, 0, length), 0).astype(np.int64)
+  positions, offsets = _ranges(start, stop)
+  lengths = np.diff(offsets)
+  scale = np.repeat(mask_size / (hi - lo), lengths)
+  coords = (positions + 0.5 - np.repeat(lo, lengths)) * scale - 0.5
+  return start, offsets, coords
+
+
 def _paste_bilinear(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,
                     threshold: float) -> np.ndarray:
   """Detectron2 `paste_masks_in_image` for one mask ([M, M] -> [height, width] bool)."""
   out = np.zeros((height, width), bool)
-  x1, y1, x2, y2 = (float(v) for v in box)
-  if not (x2 > x1 and y2 > y1):
-    return out
-  size_y, size_x = mask_probs.shape
-  # Outside the box grown by one mask cell every sample reads only zero padding.
-  margin_y, margin_x = (y2 - y1) / size_y, (x2 - x1) / size_x
-  row0 = max(int(np.floor(y1 - margin_y)), 0)
-  row1 = min(int(np.ceil(y2 + margin_y)) + 1, height)
-  col0 = max(int(np.floor(x1 - margin_x)), 0)
-  col1 = min(int(np.ceil(x2 + margin_x)) + 1, width)
-  if row1 <= row0 or col1 <= col0:
-    return out
-  # Pixel centers in mask-cell coordinates (grid_sample, align_corners=False).
-  ys = (np.arange(row0, row1) + 0.5 - y1) * (size_y / (y2 - y1)) - 0.5
-  xs = (np.arange(col0, col1) + 0.5 - x1) * (size_x / (x2 - x1)) - 0.5
-  out[row0:row1, col0:col1] = _bilinear_sample(mask_probs, ys, xs) >= threshold
+  (row0,), _, ys = bilinear_paste_coords(box[1:2], box[3:4], mask_probs.shape[0], height)
+  (col0,), _, xs = bilinear_paste_coords(box[0:1], box[2:3], mask_probs.shape[1], width)
+  if len(ys) and len(xs):
+    out[row0:row0 + len(ys), col0:col0 + len(xs)] = (
+        _bilinear_sample(mask_probs, ys, xs) >= threshold)
   return out
 
 
-def torch_bilinear_taps(in_size: int, out_indices: np.ndarray,
-                       out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def torch_bilinear_taps(in_size: int, out_indices: np.ndarray, out_size: int | np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Taps of `F.interpolate(mode='bilinear', align_corners=False)` along one axis.
 
   Host side (NumPy); also what data.transforms.resize_image resizes images with.
@@ -198,21 +224,63 @@ def torch_bilinear_taps(in_size: int, out_indices: np.ndarray,
   Args:
     in_size: input length.
     out_indices: [n] int64 output positions to compute.
-    out_size: full output length.
+    out_size: full output length, or [n] int64 one per position (n resizes at once).
 
   Returns:
     index0, index1: [n] int64; lambda0, lambda1: [n] float32.
   """
-  if in_size == out_size:
+  same = np.asarray(out_size) == in_size  # torch copies: one tap of weight 1
+  if np.all(same):
     ones = np.ones(len(out_indices), np.float32)
     return out_indices, out_indices, ones, np.zeros_like(ones)
-  scale = np.float32(in_size) / np.float32(out_size)
+  scale = np.float32(in_size) / np.asarray(out_size, np.float32)
   src = scale * (out_indices.astype(np.float32) + np.float32(0.5)) - np.float32(0.5)
   src = np.maximum(src, np.float32(0))
   index0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   lambda1 = np.clip(src - index0.astype(np.float32), np.float32(0), np.float32(1))
   index1 = np.where(index0 < in_size - 1, index0 + 1, index0)
-  return index0, index1, np.float32(1) - lambda1, lambda1
+  lambda0 = np.float32(1) - lambda1
+  if np.any(same):
+    index0 = np.where(same, out_indices, index0)
+    index1 = np.where(same, out_indices, index1)
+    lambda0 = np.where(same, np.float32(1), lambda0)
+    lambda1 = np.where(same, np.float32(0), lambda1)
+  return index0, index1, lambda0, lambda1
+
+
+def torchvision_paste_taps(lo: np.ndarray, hi: np.ndarray, mask_size: int, length: int
+                           ) -> tuple[np.ndarray, ...]:
+  """torchvision's paste (`paste_masks_in_image`, padding 1) along one image axis, for
+  n boxes: the pixels it computes and their taps into the mask padded by 1.
+
+  Args:
+    lo, hi: [n] float32 box sides on this axis (x1, x2 or y1, y2), image pixels.
+    mask_size: M, the side of the (square) mask before padding.
+    length: image pixels on this axis.
+
+  Returns:
+    start: [n] int64 first pixel of each box's range.
+    offsets: [n + 1] int64; box k's pixels are start[k] + (0 .. offsets[k + 1] -
+      offsets[k] - 1) (none for a non-finite box).
+    index0, index1: [T] int64 rows (columns) of the [M + 2, M + 2] padded mask.
+    weight0, weight1: [T] float32, concatenated over the boxes.
+  """
+  # expand_boxes, in float32 as torch, then truncation toward zero (`.to(torch.int64)`).
+  scale = np.float32((mask_size + 2) / mask_size)
+  half = (hi - lo) * np.float32(0.5) * scale
+  center = (hi + lo) * np.float32(0.5)
+  lo_expanded, hi_expanded = center - half, center + half
+  valid = np.isfinite(lo_expanded) & np.isfinite(hi_expanded)
+  box0 = np.where(valid, lo_expanded, 0).astype(np.int64)
+  box1 = np.where(valid, hi_expanded, -1).astype(np.int64)
+  # paste_mask_in_image: resize to the integer box (+1), copy its part inside the image.
+  box_length = np.maximum(box1 - box0 + 1, 1)
+  start = np.clip(box0, 0, length)
+  positions, offsets = _ranges(start, np.where(valid, np.minimum(box1 + 1, length), 0))
+  lengths = np.diff(offsets)
+  taps = torch_bilinear_taps(mask_size + 2, positions - np.repeat(box0, lengths),
+                             np.repeat(box_length, lengths))
+  return (start, offsets) + taps
 
 
 def torchvision_region(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,
@@ -221,29 +289,15 @@ def torchvision_region(mask_probs: np.ndarray, box: np.ndarray, height: int, wid
   computes: ([h, w] bool thresholded > threshold, row0, col0) of the image."""
   size = mask_probs.shape[-1]
   padded = np.pad(mask_probs.astype(np.float32), 1)
-  # expand_boxes, in float32 as torch, then truncation toward zero (`.to(torch.int64)`).
-  scale = np.float32((size + 2) / size)
   box = box.astype(np.float32)
-  half_w = (box[2] - box[0]) * np.float32(0.5) * scale
-  half_h = (box[3] - box[1]) * np.float32(0.5) * scale
-  center_x = (box[2] + box[0]) * np.float32(0.5)
-  center_y = (box[3] + box[1]) * np.float32(0.5)
-  expanded = np.array([center_x - half_w, center_y - half_h, center_x + half_w,
-                       center_y + half_h], np.float32)
-  bx0, by0, bx1, by1 = (int(v) for v in expanded.astype(np.int64))
-  # paste_mask_in_image: resize to the integer box (+1), copy its part inside the image.
-  box_w = max(bx1 - bx0 + 1, 1)
-  box_h = max(by1 - by0 + 1, 1)
-  col0, col1 = max(bx0, 0), min(bx1 + 1, width)
-  row0, row1 = max(by0, 0), min(by1 + 1, height)
-  if row1 <= row0 or col1 <= col0:
+  (row0,), _, r0, r1, wr0, wr1 = torchvision_paste_taps(box[1:2], box[3:4], size, height)
+  (col0,), _, c0, c1, wc0, wc1 = torchvision_paste_taps(box[0:1], box[2:3], size, width)
+  if not (len(r0) and len(c0)):
     return np.zeros((0, 0), bool), 0, 0
-  r0, r1, wr0, wr1 = torch_bilinear_taps(size + 2, np.arange(row0, row1) - by0, box_h)
-  c0, c1, wc0, wc1 = torch_bilinear_taps(size + 2, np.arange(col0, col1) - bx0, box_w)
   top = padded[r0[:, None], c0] * wc0 + padded[r0[:, None], c1] * wc1
   bottom = padded[r1[:, None], c0] * wc0 + padded[r1[:, None], c1] * wc1
   values = top * wr0[:, None] + bottom * wr1[:, None]
-  return values > np.float32(threshold), row0, col0
+  return values > np.float32(threshold), int(row0), int(col0)
 
 
 def _paste_torchvision(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,

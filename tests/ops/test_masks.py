@@ -253,6 +253,41 @@ def test_paste_zero_width_box():
   assert set(np.nonzero(out)[1]) == {5} and 4 <= out.sum() <= 6
 
 
+def test_paste_taps_of_many_boxes_are_those_of_each_box():
+  rng = np.random.default_rng(3)
+  lo = rng.uniform(-20, 60, 30)
+  hi = lo + np.exp(rng.uniform(-2, 4, 30))
+  hi[:3] = lo[:3] - 1.0  # degenerate (torchvision still pastes a pixel)
+  hi[3], lo[4] = np.inf, np.nan  # non-finite: nothing
+  hi[5] = lo[5] + 27  # torchvision: an integer box of M + 2, the identity resize
+  for name, lo_, hi_ in (('bilinear_paste_coords', lo, hi),
+                         ('torchvision_paste_taps', lo.astype(np.float32),
+                          hi.astype(np.float32))):
+    paste_taps = getattr(masks, name)
+    with np.errstate(invalid='ignore'):
+      start, offsets, *taps = paste_taps(lo_, hi_, 28, 50)
+    assert offsets[0] == 0 and not np.diff(offsets)[3:5].any()
+    for k in range(30):
+      with np.errstate(invalid='ignore'):
+        (one_start,), one_offsets, *one_taps = paste_taps(lo_[k:k + 1], hi_[k:k + 1],
+                                                          28, 50)
+      assert one_offsets[1] == offsets[k + 1] - offsets[k]
+      if one_offsets[1]:
+        assert one_start == start[k]
+      for batched, alone in zip(taps, one_taps):
+        np.testing.assert_array_equal(batched[offsets[k]:offsets[k + 1]], alone)
+        assert batched.dtype == alone.dtype
+
+
+def test_torch_bilinear_taps_with_one_output_size_per_position():
+  positions = np.concatenate([np.arange(n) for n in (5, 30, 31, 90)])
+  sizes = np.repeat([5, 30, 31, 90], [5, 30, 31, 90])
+  taps = masks.torch_bilinear_taps(30, positions, sizes)
+  for n in (5, 30, 31, 90):
+    for batched, alone in zip(taps, masks.torch_bilinear_taps(30, np.arange(n), n)):
+      np.testing.assert_array_equal(batched[sizes == n], alone)
+
+
 def test_paste_bad_inputs_raise():
   with pytest.raises(ValueError, match='method'):
     masks.paste_mask(np.ones((4, 4)), (0, 0, 2, 2), 5, 5, method='nearest')
