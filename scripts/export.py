@@ -5,15 +5,16 @@ r"""Exports a checkpoint's inference forward for serving (see maskrcnn_jax/expor
 
 `--checkpoint` is what scripts/evaluate.py takes. Writes <out>/model.stablehlo (the
 forward at one canvas and batch, weights inside, for cpu, cuda and tpu) and
-<out>/metadata.json. `--canvas HxW` picks another of the config's canvases than
+<out>/metadata.json; `--format saved_model` writes <out>/saved_model (TensorFlow) and
+`--format onnx` <out>/model.onnx (jax2onnx, for onnxruntime) in its place. `--canvas HxW` picks another of the config's canvases than
 data.image_size. Category names come from `--annotations` (a COCO JSON) or from what the
 training run saved in its workdir. Serve it with
   exported = jax.export.deserialize(open('model.stablehlo', 'rb').read())
   outputs = exported.call(images_uint8, image_info)
-around the host steps of `Predictor.preprocess` and `Predictor.predict_batch`.
+around the host steps of `Predictor.preprocess` and `Predictor.predict_batch`, or
+`export.predict(*export.load(out), images)` (either file format).
 """
 
-import json
 import os
 
 from absl import app
@@ -29,8 +30,8 @@ from maskrcnn_jax.data import transforms
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'a checkpoint directory (see above)')
-_FORMAT = flags.DEFINE_enum('format', 'stablehlo', ['stablehlo', 'saved_model'],
-                            'artifact format (saved_model needs TensorFlow)')
+_FORMAT = flags.DEFINE_enum('format', 'stablehlo', ['stablehlo', 'saved_model', 'onnx'],
+                            'artifact format (saved_model needs TensorFlow, onnx jax2onnx)')
 _BATCH = flags.DEFINE_integer('batch', 1, 'images per call of the artifact')
 _CANVAS = flags.DEFINE_string('canvas', '', 'HxW, one of the config canvases (default: '
                               'data.image_size)')
@@ -70,12 +71,11 @@ def main(argv):
     coco.check_num_classes(config.model.num_classes, ids,
                            _ANNOTATIONS.value or _CHECKPOINT.value)
   variables = checkpoint.load_variables(_CHECKPOINT.value)
-  meta = export.metadata(config, _BATCH.value, canvas, names, ids)
-  if _FORMAT.value == 'saved_model':
-    path = export.export_saved_model(config, variables, _BATCH.value, _OUT.value, canvas)
-    meta['format'] = 'saved_model'
-    with open(os.path.join(_OUT.value, export.METADATA_FILE), 'w') as f:
-      json.dump(meta, f, indent=1)
+  meta = export.metadata(config, _BATCH.value, canvas, names, ids, _FORMAT.value)
+  if _FORMAT.value in ('saved_model', 'onnx'):
+    write = export.export_saved_model if _FORMAT.value == 'saved_model' else export.export_onnx
+    path = write(config, variables, _BATCH.value, _OUT.value, canvas)
+    export.write_metadata(_OUT.value, meta)
     print(f'wrote {path} (batch {_BATCH.value}, canvas {canvas[0]}x{canvas[1]})')
     return
   exported = export.export_stablehlo(config, variables, _BATCH.value, canvas)
