@@ -2,7 +2,7 @@
 
 `configs/shapes_demo.py` (half-width ResNet-18 with GroupNorm, 32-channel FPN, 128 x 128
 images) plus a small keypoint head for the shapes dataset's 4 extreme points
-(data/shapes.py `KEYPOINT_NAMES`): 4 x (3x3 conv, 64) on 14 x 14 RoI features, the 4x4
+(data/shapes.py `KEYPOINT_NAMES`): 2 x (3x3 conv, 32) on 14 x 14 RoI features (the mask head's size), the 4x4
 deconv and 2x upsampling to 56 x 56. `scripts/demo.py --config configs/shapes_keypoint_demo.py`
 writes the dataset with keypoints and reports keypoint AP beside box and mask AP.
 
@@ -21,8 +21,8 @@ def get_config():
   k = c.model.keypoint_head
   k.enabled = True
   k.num_keypoints = 4
-  k.num_convs = 4
-  k.conv_dim = 64
+  k.num_convs = 2
+  k.conv_dim = 32
   c.data.num_keypoints = 4
   c.eval.keypoint_oks_sigmas = (0.079,) * 4
   d = c.data

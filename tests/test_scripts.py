@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from maskrcnn_jax import checkpoint
+from maskrcnn_jax import train
 from maskrcnn_jax import workdir
 from maskrcnn_jax.data import shapes
 from maskrcnn_jax.model import mask_rcnn
@@ -25,9 +26,8 @@ def test_predict_writes_a_drawing_and_json_per_image(tmp_path):
 
   config = load_config('shapes_demo')
   height, width = config.data.image_size
-  variables = mask_rcnn.MaskRCNN(config.model).init(
-      jax.random.key(0), np.zeros((1, height, width, 3), np.float32),
-      np.array([[height, width, 1.0, 0.0]], np.float32))
+  variables = train.init_variables(mask_rcnn.MaskRCNN(config.model), (height, width),
+                                   jax.random.key(0))
   checkpoint.save_variables(str(tmp_path / 'ckpt'), variables)
 
   subprocess.run(
