@@ -38,6 +38,26 @@ def load_config(name: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+def reduced_detectron2_config() -> ml_collections.ConfigDict:
+  """configs/detectron2/mask_rcnn_R_50_FPN_1x.py at the Detectron2 recorders' widths.
+
+  tests/tools/record_detectron2_convert.py builds Detectron2's model this narrow (5
+  classes, stem 4 and res2 16 channels, FPN 16, box fc 32, mask convs 16).
+  """
+  spec = importlib.util.spec_from_file_location(
+      'configs_detectron2_r50_1x', REPO_ROOT / 'configs' / 'detectron2' / 'mask_rcnn_R_50_FPN_1x.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  m = config.model
+  m.num_classes = 5
+  m.backbone.base_width = 4  # STEM_OUT_CHANNELS 4, RES2_OUT_CHANNELS 16
+  m.fpn.channels = 16
+  m.box_head.fc_dim = 32
+  m.mask_head.conv_dim = 16
+  return config
+
+
 def run_on_eight_cpu_devices(script: str, timeout: int) -> None:
   """Runs `script` in a fresh Python with 8 simulated CPU devices; it must print 'ok'.
 

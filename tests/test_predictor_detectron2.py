@@ -10,11 +10,10 @@ must give the same detections: boxes within 0.5 px, scores within 1e-3, mask IoU
 import numpy as np
 import pytest
 
-from maskrcnn_jax import config as config_lib
 from maskrcnn_jax import convert
 from maskrcnn_jax.predictor import Predictor
 from tests.conftest import FIXTURES
-from tests.conftest import REPO_ROOT
+from tests.conftest import reduced_detectron2_config
 from tests.tools import seeded_weights
 from tests.tools.detectron2_weights import friendly
 
@@ -32,14 +31,8 @@ def predictor(recorded):
                       for n, shape in zip(recorded['names'], recorded['shapes'])]
   weights = friendly(seeded_weights.seeded_state_dict(names_and_shapes,
                                                                int(recorded['seed'])))
-  config = config_lib.load_config_file(
-      REPO_ROOT / 'configs' / 'detectron2' / 'mask_rcnn_R_50_FPN_1x.py')
+  config = reduced_detectron2_config()
   m = config.model
-  m.num_classes = 5
-  m.backbone.base_width = 4  # STEM_OUT_CHANNELS 4, RES2_OUT_CHANNELS 16
-  m.fpn.channels = 16
-  m.box_head.fc_dim = 32
-  m.mask_head.conv_dim = 16
   m.roi_heads.detections_per_image = int(recorded['detections'])
   config.data.min_size = int(recorded['min_size'])
   config.data.max_size = int(recorded['max_size'])

@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskrcnn_jax import config as config_lib
 from maskrcnn_jax import convert
 from maskrcnn_jax import image_info
 from maskrcnn_jax import xla_options
@@ -46,7 +45,7 @@ from maskrcnn_jax.model.mask_rcnn import MaskRCNN
 from maskrcnn_jax.ops import anchors as anchor_ops
 from maskrcnn_jax.ops import masks as mask_ops
 from tests.conftest import FIXTURES
-from tests.conftest import REPO_ROOT
+from tests.conftest import reduced_detectron2_config
 from tests.tools import seeded_weights
 from tests.tools.detectron2_weights import friendly
 
@@ -65,14 +64,8 @@ def recorded():
 
 
 def _config(recorded):
-  config = config_lib.load_config_file(
-      REPO_ROOT / 'configs' / 'detectron2' / 'mask_rcnn_R_50_FPN_1x.py')
+  config = reduced_detectron2_config()
   m = config.model
-  m.num_classes = 5
-  m.backbone.base_width = 4  # STEM_OUT_CHANNELS 4, RES2_OUT_CHANNELS 16
-  m.fpn.channels = 16
-  m.box_head.fc_dim = 32
-  m.mask_head.conv_dim = 16
   m.roi_align.sampling_ratio = 2  # the recorder's POOLER_SAMPLING_RATIO
   m.rpn.batch_size_per_image = int(recorded['rpn_batch_size'])
   m.rpn.positive_fraction = float(recorded['rpn_positive_fraction'])
