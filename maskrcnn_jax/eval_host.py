@@ -88,19 +88,11 @@ def _bilinear_exact(probs: np.ndarray, rows: _Taps, cols: _Taps) -> np.ndarray:
 
 
 def _separable(probs: np.ndarray, rows: _Taps, cols: _Taps) -> np.ndarray:
-  """Interpolated along columns on the [M, M] mask, then along rows: [h, w] float32.
-
-  torchvision's float32 arithmetic exactly (each of its products and sums, taken once:
-  its row r of the column-interpolated mask is computed once, not once per pixel row).
-  """
-  by_row = probs[:, cols.index0] * cols.weight0  # [M, w]
-  by_row += probs[:, cols.index1] * cols.weight1
-  values = by_row.take(rows.index0, axis=0)  # [h, w]
-  values *= rows.weight0[:, None]
-  lower = by_row.take(rows.index1, axis=0)
-  lower *= rows.weight1[:, None]
-  values += lower
-  return values
+  """`ops.masks.separable_interpolate` with float32 taps: [h, w], torchvision's float32
+  arithmetic exactly."""
+  return mask_ops.separable_interpolate(
+      probs, (rows.index0, rows.index1, rows.weight0, rows.weight1),
+      (cols.index0, cols.index1, cols.weight0, cols.weight1))
 
 
 # The float32 separable values are within 7 * 2^-24 * max|probs| of the exact sum (seven

@@ -283,6 +283,27 @@ def torchvision_paste_taps(lo: np.ndarray, hi: np.ndarray, mask_size: int, lengt
   return (start, offsets) + taps
 
 
+def separable_interpolate(image: np.ndarray, rows: Sequence[np.ndarray],
+                          cols: Sequence[np.ndarray]) -> np.ndarray:
+  """Two-tap interpolation of [R, C] `image`: columns first, then rows -> [h, w].
+
+  rows: (index0, index1, weight0, weight1), each [h]; cols the same, each [w]. Pixel
+  (i, j) is (image[r0, c0] * wc0 + image[r0, c1] * wc1) * wr0 + (the same on r1) * wr1,
+  torchvision's paste arithmetic in its order; the column pass is done once per image
+  row, not once per output row.
+  """
+  r0, r1, wr0, wr1 = rows
+  c0, c1, wc0, wc1 = cols
+  by_row = image[:, c0] * wc0  # [R, w]
+  by_row += image[:, c1] * wc1
+  values = by_row.take(r0, axis=0)  # [h, w]
+  values *= wr0[:, None]
+  lower = by_row.take(r1, axis=0)
+  lower *= wr1[:, None]
+  values += lower
+  return values
+
+
 def torchvision_region(mask_probs: np.ndarray, box: np.ndarray, height: int, width: int,
                        threshold: float) -> tuple[np.ndarray, int, int]:
   """torchvision `paste_masks_in_image` (padding 1) for one mask, over the pixels it
@@ -294,9 +315,7 @@ def torchvision_region(mask_probs: np.ndarray, box: np.ndarray, height: int, wid
   (col0,), _, c0, c1, wc0, wc1 = torchvision_paste_taps(box[0:1], box[2:3], size, width)
   if not (len(r0) and len(c0)):
     return np.zeros((0, 0), bool), 0, 0
-  top = padded[r0[:, None], c0] * wc0 + padded[r0[:, None], c1] * wc1
-  bottom = padded[r1[:, None], c0] * wc0 + padded[r1[:, None], c1] * wc1
-  values = top * wr0[:, None] + bottom * wr1[:, None]
+  values = separable_interpolate(padded, (r0, r1, wr0, wr1), (c0, c1, wc0, wc1))
   return values > np.float32(threshold), int(row0), int(col0)
 
 
