@@ -23,6 +23,10 @@ def get_config():
   k.num_keypoints = 4
   k.num_convs = 2
   k.conv_dim = 32
+  # The keypoint loss (ln 3136 = 8 at chance) outweighs the others; at 1.0 it held box
+  # AP to 0.544 and keypoint AP to 0.422 after 2,000 steps, at 0.25 they reach 0.631 and
+  # 0.519 (README).
+  k.loss_weight = 0.25
   c.data.num_keypoints = 4
   c.eval.keypoint_oks_sigmas = (0.079,) * 4
   d = c.data

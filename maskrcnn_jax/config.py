@@ -173,9 +173,14 @@ def default_config() -> ml_collections.ConfigDict:
   d.num_keypoints = 0
   d.random_flip = True
   d.filter_empty_train = True  # drop training images without (non-crowd) instances
-  # A training image that is missing or cannot be decoded: 'skip' leaves its batch slot
-  # empty (no pixels, no instances) with a warning naming it and a running count;
-  # 'fail' stops the run naming it. Evaluation always stops (a skip would change AP).
+  # With keypoints (num_keypoints > 0): drop training images with fewer labelled
+  # (visibility > 0) keypoints, all instances together (Detectron2's
+  # MIN_KEYPOINTS_PER_IMAGE, 1); 0 keeps them. Evaluation keeps every image.
+  d.min_train_keypoints = 1
+  # A training image that is missing or cannot be decoded (or its masks): 'skip' puts
+  # the next readable image of the same step in its slot, with a warning naming it once
+  # and a count in the log; 'fail' stops the run naming it. Evaluation always stops (a
+  # skip would change AP).
   d.corrupt_images = 'skip'
   d.num_workers = 2  # grain worker processes preparing batches; 0: in the main process
   d.prefetch = 2  # batches prepared ahead
@@ -211,6 +216,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Processes pasting and RLE-encoding masks beside the devices (spawned): -1 one per
   # core (at most 8), 0 none (threads of the main process).
   e.host_workers = -1
+  # bbox and segm COCOevals at once: -1 one process per iou type (at most one per core;
+  # the first in this process, the others spawned), 1 one after the other.
+  e.coco_eval_workers = -1
   # COCOeval's per-keypoint OKS sigmas; () takes COCO's 17 person sigmas (K must be 17).
   e.keypoint_oks_sigmas = ()
 

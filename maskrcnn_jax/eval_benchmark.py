@@ -7,11 +7,13 @@ COCOeval at COCO scale, on synthetic data.
   found a few times with jittered boxes and masks (sometimes with a wrong class), the
   rest false positives, random scores.
 - `time_host`: images/s of `eval_host.batch_results` (paste + RLE of `per_image`
-  detections per image) in this process and in N spawned worker processes.
-- `time_cocoeval`: seconds of one bbox and one segm COCOeval with each engine.
+  detections per image) in this process and in 1 and N spawned worker processes.
+- `time_cocoeval`: seconds of one bbox and one segm COCOeval with each engine, one after
+  the other and at once (`coco_eval.coco_tables`).
 """
 
 import os
+import resource
 import time
 from typing import Any, Sequence
 
@@ -138,87 +140,129 @@ def time_host(num_images: int, workers: Sequence[int], per_image: int = 100,
               batch: int = 8, mask_paste: str = 'bilinear') -> dict[str, Any]:
   """Images/s of paste + RLE at `per_image` detections: {'processes_<n>': {...}}.
 
-  0 workers runs in this process (one core); n > 0 spreads batches over n spawned
-  processes (the pool is started before the clock).
+  0 workers runs in this process (one core); n > 0 spreads `batch`-image tasks over n
+  spawned processes, every one of them started before the clock (`process_pool(started=
+  True)`), the task count rounded up to a multiple of n. CPU ms per image are this
+  process's (n = 0) or the workers' own (their CPU seconds over the images), so a
+  machine that other jobs load shows as wall time above CPU time.
   """
   outputs, original_hw = synthetic_outputs(batch, per_image)
   category_ids = list(range(1, NUM_CATEGORIES + 1))
   args = (outputs, original_hw, category_ids, 0.5, mask_paste)
-  num_batches = max(num_images // batch, 1)
   rows = {}
   for n in workers:
+    num_batches = -(-max(num_images // batch, 1) // max(n, 1)) * max(n, 1)
     if n == 0:
       eval_host.batch_results(*args)  # warm
       start, cpu_start = time.perf_counter(), time.process_time()
       for _ in range(num_batches):
         eval_host.batch_results(*args)
-      cpu_ms = 1e3 * (time.process_time() - cpu_start) / (num_batches * batch)
+      seconds = time.perf_counter() - start
+      cpu_seconds = time.process_time() - cpu_start
     else:
-      cpu_ms = None  # in other processes
-      with eval_host.process_pool(n) as pool:
-        list(pool.map(eval_host.batch_results, *zip(*[args] * n)))  # start every worker
+      with eval_host.process_pool(n, started=True) as pool:
         start = time.perf_counter()
-        list(pool.map(eval_host.batch_results, *zip(*[args] * num_batches)))
-    seconds = time.perf_counter() - start
-    rows[f'processes_{n}'] = {'images_per_second': num_batches * batch / seconds,
-                              'ms_per_image': 1e3 * seconds / (num_batches * batch),
-                              'cpu_ms_per_image': cpu_ms}
+        cpu_seconds = sum(cpu for cpu, _ in pool.map(_timed_batch_results,
+                                                     *zip(*[args] * num_batches)))
+        seconds = time.perf_counter() - start
+    images = num_batches * batch
+    rows[f'processes_{n}'] = {'images': images, 'images_per_second': images / seconds,
+                              'ms_per_image': 1e3 * seconds / images,
+                              'cpu_ms_per_image': 1e3 * cpu_seconds / images}
   return rows
 
 
+def _timed_batch_results(*args) -> tuple[float, tuple[list[dict], list[dict]]]:
+  """Worker task: (its CPU seconds, `eval_host.batch_results(*args)`); the results come
+  back to the main process as in evaluation."""
+  cpu_start = time.process_time()
+  results = eval_host.batch_results(*args)
+  return time.process_time() - cpu_start, results
+
+
 def time_cocoeval(num_images: int, engines: Sequence[str], per_image: int = 100,
-                  seed: int = 0) -> dict[str, Any]:
-  """Seconds (wall and CPU, all threads) of a bbox and a segm COCOeval (loadRes
-  included) per engine, and the APs."""
+                  seed: int = 0, processes: int = 1) -> dict[str, Any]:
+  """Seconds (wall and CPU) of a bbox and a segm COCOeval (results loading included)
+  per engine, one after the other, and the APs; with `processes` > 1 also both at once
+  (`coco_eval.coco_tables`: wall, this process's and the children's CPU seconds), whose
+  tables must equal the sequential ones."""
   gt = synthetic_ground_truth(num_images, seed)
   bbox_results, segm_results = jittered_results(gt, per_image, seed + 1)
   ground_truth = coco_eval.GroundTruth(gt)
+  results = {'bbox': bbox_results, 'segm': segm_results}
   rows = {'images': num_images, 'detections': len(bbox_results),
           'instances': len(gt['annotations'])}
   for engine in engines:
     ground_truth.coco(engine)  # the ground truth's index is built once per run
-    for iou_type, results in (('bbox', bbox_results), ('segm', segm_results)):
+    sequential = {}
+    for iou_type, iou_results in results.items():
       start, cpu_start = time.perf_counter(), time.process_time()
-      table = coco_eval.coco_table(ground_truth, results, iou_type, engine)
+      sequential[iou_type] = coco_eval.coco_table(ground_truth, iou_results, iou_type, engine)
       rows[f'{engine}/{iou_type}'] = {'seconds': time.perf_counter() - start,
                                       'cpu_seconds': time.process_time() - cpu_start,
-                                      'AP': table['AP'], 'AR100': table['AR100']}
+                                      'AP': sequential[iou_type]['AP'],
+                                      'AR100': sequential[iou_type]['AR100']}
+    if processes > 1:
+      children_start = resource.getrusage(resource.RUSAGE_CHILDREN)
+      start, cpu_start = time.perf_counter(), time.process_time()
+      tables = coco_eval.coco_tables(ground_truth, results, engine, processes, min_results=0)
+      seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+      children = resource.getrusage(resource.RUSAGE_CHILDREN)
+      if tables != sequential:
+        raise AssertionError(f'{engine}: the concurrent COCOeval tables differ from the '
+                             'sequential ones')
+      rows[f'{engine}/concurrent'] = {
+          'processes': processes, 'seconds': seconds, 'cpu_seconds': cpu_seconds,
+          'children_cpu_seconds': (children.ru_utime + children.ru_stime -
+                                   children_start.ru_utime - children_start.ru_stime)}
   return rows
 
 
 def run(host_images: int, workers: int, cocoeval_images: int, engines: Sequence[str],
         per_image: int = 100, mask_paste: str = 'bilinear') -> dict[str, Any]:
-  """The whole eval benchmark: host rows with 0 (this process) and `workers` processes,
-  then COCOeval of `cocoeval_images` images per engine."""
+  """The whole eval benchmark: host rows with 0 (this process), 1 and `workers`
+  processes, then COCOeval of `cocoeval_images` images per engine, sequential and with
+  `coco_eval.num_processes(-1)` processes."""
   result = {'per_image': per_image, 'mask_paste': mask_paste, 'cpus': os.cpu_count(),
             'load_average': ' '.join(f'{v:.2f}' for v in os.getloadavg()),
-            'host': time_host(host_images, sorted({0, workers}), per_image,
+            'host': time_host(host_images, sorted({0, 1, workers}), per_image,
                               mask_paste=mask_paste)}
   if cocoeval_images:
-    result['cocoeval'] = time_cocoeval(cocoeval_images, engines, per_image)
+    result['cocoeval'] = time_cocoeval(cocoeval_images, engines, per_image,
+                                       processes=coco_eval.num_processes(-1))
+  result['load_average_after'] = ' '.join(f'{v:.2f}' for v in os.getloadavg())
   return result
 
 
 def markdown_table(result: dict[str, Any]) -> str:
   """The docs/benchmarks.md rows of `run`'s result."""
+  load = result['load_average']
+  if 'load_average_after' in result:
+    load += f" (after: {result['load_average_after']})"
   lines = [f"Host post-processing, {result['per_image']} detections per image "
            f"(480 x 640 originals, {result['mask_paste']} paste + RLE), "
-           f"{result['cpus']} CPUs, load {result['load_average']}:", '',
-           '| processes | images/s | ms per image | CPU ms per image |', '|---|---|---|---|']
+           f"{result['cpus']} CPUs, load {load}:", '',
+           '| processes | images | images/s | ms per image | CPU ms per image |',
+           '|---|---|---|---|---|']
   for name, row in result['host'].items():
     n = int(name.split('_')[1])
-    cpu = '' if row['cpu_ms_per_image'] is None else f"{row['cpu_ms_per_image']:.1f}"
-    lines.append(f"| {n or '1 (in process)'} | {row['images_per_second']:.1f} | "
-                 f"{row['ms_per_image']:.1f} | {cpu} |")
+    lines.append(f"| {n or '1 (in process)'} | {row['images']} | "
+                 f"{row['images_per_second']:.1f} | {row['ms_per_image']:.1f} | "
+                 f"{row['cpu_ms_per_image']:.1f} |")
   if 'cocoeval' in result:
     c = result['cocoeval']
     lines += ['', f"COCOeval of {c['images']} images x {result['per_image']} detections "
-              f"({c['instances']} instances, synthetic):", '',
-              '| engine | bbox s (CPU s) | segm s (CPU s) | bbox AP | segm AP |',
-              '|---|---|---|---|---|']
+              f"({c['instances']} instances, synthetic), seconds (CPU seconds):", '',
+              '| engine | bbox | segm | one after the other | at once | bbox AP | segm AP |',
+              '|---|---|---|---|---|---|---|']
     for engine in dict.fromkeys(k.split('/')[0] for k in c if '/' in k):
       bbox, segm = c[f'{engine}/bbox'], c[f'{engine}/segm']
+      together = c.get(f'{engine}/concurrent')
+      at_once = '' if together is None else (
+          f"{together['seconds']:.1f} ({together['cpu_seconds']:.1f} + "
+          f"{together['children_cpu_seconds']:.1f}), {together['processes']} processes")
       lines.append(f"| {engine} | {bbox['seconds']:.1f} ({bbox['cpu_seconds']:.1f}) | "
                    f"{segm['seconds']:.1f} ({segm['cpu_seconds']:.1f}) | "
+                   f"{bbox['seconds'] + segm['seconds']:.1f} | {at_once} | "
                    f"{bbox['AP']:.4f} | {segm['AP']:.4f} |")
   return '\n'.join(lines) + '\n'

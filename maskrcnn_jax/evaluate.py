@@ -10,7 +10,8 @@ transpose of portraits, rescale boxes to original pixels, paste each mask over i
 region only and RLE-encode it from that region (the pixels of `ops.masks.paste_mask`).
 Padding examples (image_id -1) of each canvas's last batch are dropped. `coco_metrics`
 then runs COCOeval for 'bbox' and 'segm' with `eval.engine` (maskrcnn_jax/coco_eval.py:
-faster-coco-eval, or pycocotools as the reference).
+faster-coco-eval, or pycocotools as the reference), both at once in two processes
+(`eval.coco_eval_workers`).
 
 Ground truth: the split's annotation file when there is one (the official protocol: the
 file's own areas, boxes and crowd regions); a TFDS split has no file, so its ground truth
@@ -46,7 +47,7 @@ from maskrcnn_jax.data import transforms
 from maskrcnn_jax.model import mask_rcnn
 
 STAT_NAMES = coco_eval.STAT_NAMES  # COCOeval.stats, in order
-IOU_TYPES = ('bbox', 'segm')
+IOU_TYPES = coco_eval.IOU_TYPES
 
 
 def ground_truth(dataset: coco.CocoDataset) -> coco_eval.GroundTruth:
@@ -83,7 +84,7 @@ def ground_truth(dataset: coco.CocoDataset) -> coco_eval.GroundTruth:
 
 def coco_metrics(coco_gt: coco_eval.GroundTruth, bbox_results: list[dict],
                  segm_results: list[dict], class_names_by_category_id: dict[int, str],
-                 engine: str = 'faster_coco_eval') -> dict[str, Any]:
+                 engine: str = 'faster_coco_eval', processes: int = 1) -> dict[str, Any]:
   """COCOeval of box and mask results; prints both 12-number tables.
 
   Args:
@@ -93,22 +94,21 @@ def coco_metrics(coco_gt: coco_eval.GroundTruth, bbox_results: list[dict],
       'score'}; None for a model without a mask head (no 'segm' entry).
     class_names_by_category_id: names for the per-category APs.
     engine: `eval.engine` (coco_eval.ENGINES).
+    processes: evaluations at once (`coco_eval.coco_tables`; `eval.coco_eval_workers`
+      through `coco_eval.num_processes`).
 
   Returns:
     {'bbox': {STAT_NAMES..., 'per_category': {name: AP}}, 'segm': {...}}, values as
     pycocotools gives them (0..1, -1 where undefined). Without any results, COCOeval
     runs on an empty result set: 0 wherever there is ground truth.
   """
-  metrics = {}
-  for iou_type, results in zip(IOU_TYPES, (bbox_results, segm_results)):
-    if results is None:  # no mask head: no segm table
-      continue
-    print(f'COCO {iou_type}: {len(results)} results')
-    table = coco_eval.coco_table(coco_gt, results, iou_type, engine, print_table=True)
+  results = {iou_type: r for iou_type, r in zip(IOU_TYPES, (bbox_results, segm_results))
+             if r is not None}  # no mask head: no segm table
+  metrics = coco_eval.coco_tables(coco_gt, results, engine, processes, print_tables=True)
+  for table in metrics.values():
     table['per_category'] = {
         class_names_by_category_id.get(category_id, str(category_id)): ap
         for category_id, ap in table['per_category'].items()}
-    metrics[iou_type] = table
   return metrics
 
 
@@ -298,7 +298,8 @@ class Evaluator:
       if not self._config.model.mask_head.enabled:
         segm_results = None
       metrics = coco_metrics(self._coco_gt, bbox_results, segm_results, self._class_names,
-                             self._config.eval.engine)
+                             self._config.eval.engine,
+                             coco_eval.num_processes(self._config.eval.coco_eval_workers))
       if with_keypoints:
         metrics['keypoints'] = keypoint_metrics(self._coco_gt, keypoint_list,
                                                 tuple(self._config.eval.keypoint_oks_sigmas))

@@ -294,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         series['total'] += [float(h['total']) for h in history]
         series['grad_norm'] += [float(h['grad_norm']) for h in history]
         logged = history
-        log.train_metrics(step, _mean_metrics(history))
+        log.train_metrics(step, _mean_metrics(history), batches.skipped_images)
         pending = []
       if save:
         checkpoint.save_train_state(checkpoint_dir, step, state, t.keep_checkpoints,
@@ -303,6 +303,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if evaluator is not None and t.eval_every and step % t.eval_every == 0 \
           and step != t.num_steps:
         run_eval(step)
+    if batches.skipped_images:
+      logging.warning("%d training images could not be read and were replaced by others "
+                      "of their steps (data.corrupt_images = 'skip'; the warnings above name "
+                      'them; scripts/check_dataset.py finds them all)', batches.skipped_images)
     if evaluator is not None:
       eval_metrics = run_eval(int(state.step))
   return {'step': int(state.step), 'train': _mean_metrics(logged) if logged else {},

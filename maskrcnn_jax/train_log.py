@@ -79,8 +79,13 @@ class TrainLog:
     if self._bar is not None:
       self._bar.update(steps)
 
-  def train_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-    """Logs the mean `metrics` of the steps since the last call, with speed and ETA."""
+  def train_metrics(self, step: int, metrics: Mapping[str, float],
+                    skipped_images: int = 0) -> None:
+    """Logs the mean `metrics` of the steps since the last call, with speed and ETA.
+
+    `skipped_images`: the training images found unreadable so far (data.corrupt_images),
+    written as data/skipped_images and named in the line when there are any.
+    """
     now = time.perf_counter()
     steps_per_second = (step - self._last_step) / max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now
@@ -91,12 +96,14 @@ class TrainLog:
     for name, value in metrics.items():
       self._writer.add_scalar(f'train/{name}', value, step)
     self._writer.add_scalar('train/images_per_second', images_per_second, step)
+    self._writer.add_scalar('data/skipped_images', skipped_images, step)
     self._writer.flush()
     self._bar.set_postfix(loss=f'{metrics["total"]:.3f}', lr=f'{metrics["learning_rate"]:.2g}',
                           refresh=False)
     terms = ' '.join(f'{name} {value:.4g}' for name, value in metrics.items())
-    logging.info('step %d/%d: %s | %.1f images/s | ETA %s', step, self._num_steps, terms,
-                 images_per_second, format_seconds(eta))
+    skipped = f' | {skipped_images} unreadable images skipped' if skipped_images else ''
+    logging.info('step %d/%d: %s | %.1f images/s%s | ETA %s', step, self._num_steps, terms,
+                 images_per_second, skipped, format_seconds(eta))
 
   def eval_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
     """Writes evaluation scalars (e.g. 'bbox/AP') under eval/ and logs them."""

@@ -20,8 +20,15 @@ timed times; the table gives the median. Modes:
     `--workers` processes, bytes per image, seconds per stage).
   eval: evaluation's host side and COCOeval (maskrcnn_jax/eval_benchmark.py, no
     --config): paste + RLE images/s at 100 detections per image on 480 x 640 images, in
-    this process and in `--workers` processes, and COCOeval seconds of
-    `--eval-cocoeval-images` synthetic images (jittered ground truth) per engine.
+    this process and in 1 and `--workers` processes (started before the clock), and
+    COCOeval seconds of `--eval-cocoeval-images` synthetic images (jittered ground truth)
+    per engine, bbox and segm one after the other and at once (one process each).
+  serving: what each serving path costs (maskrcnn_jax/serving_benchmark.py): the jitted
+    forward, StableHLO through jax.export, the TF SavedModel and ONNX on onnxruntime
+    (those two where installed) on one batch of `--batch` random images of the config's
+    main canvas: export, size, load, first call, median call, the host pre- and
+    post-processing around them, and each path's detections against the jitted ones.
+    Weights: `--checkpoint`, else seeded random ones.
 For every compiled program the JSON and the table give what XLA says of it
 (maskrcnn_jax/xla_stats.py): FLOPs and temp memory per image, and its while loops with
 and without a static trip count; with `--peak-tflops`, the model FLOP utilization
@@ -546,7 +553,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default='',
                       help='configs/X.py, or configs/X.py:arg (all modes but eval)')
-  parser.add_argument('--mode', choices=('train', 'infer', 'input', 'eval'), required=True)
+  parser.add_argument('--mode', choices=('train', 'infer', 'input', 'eval', 'serving'),
+                      required=True)
   parser.add_argument('--batch', type=parse_batches, default=[1],
                       help='images per step; several cases: 1,8')
   parser.add_argument('--dtype', type=parse_dtypes, default=None,
@@ -570,14 +578,20 @@ def main():
   parser.add_argument('--images', default='', help='the image folder of --annotations')
   parser.add_argument('--workers', type=int, default=2,
                       help='worker processes of --mode input (also measured with 1)')
-  parser.add_argument('--eval-images', type=int, default=200,
-                      help='--mode eval: images pasted and encoded per host row')
+  parser.add_argument('--eval-images', type=int, default=400,
+                      help='--mode eval: images pasted and encoded per host row (~5 s '
+                           'of one core: enough that process start-up is not measured)')
   parser.add_argument('--eval-cocoeval-images', type=int, default=5000,
                       help='--mode eval: images of the synthetic COCOeval (0: skip it)')
   parser.add_argument('--eval-engines', default='faster_coco_eval,pycocotools',
                       help='--mode eval: COCOeval engines to time')
   parser.add_argument('--eval-paste', choices=('bilinear', 'torchvision'), default='bilinear',
                       help='--mode eval: the paste method')
+  parser.add_argument('--checkpoint', default='',
+                      help='--mode serving: weights (a training run or save_variables '
+                           'folder); default seeded random weights')
+  parser.add_argument('--serving-paths', default='stablehlo,saved_model,onnx',
+                      help='--mode serving: paths to time beside jax.jit')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--output', default='', help='write the results as JSON here')
   parser.add_argument('--markdown', default='', help='append the Markdown table here')
@@ -592,6 +606,9 @@ def main():
   if args.image_size and any(side % 64 for side in args.image_size):
     parser.error(f'--image-size sides must be multiples of 64 (data.image_size); '
                  f'got {args.image_size[0]}x{args.image_size[1]}')
+  if args.mode == 'serving':
+    run_serving_mode(args)
+    return
   if bool(args.annotations) != bool(args.images):
     parser.error('--annotations and --images go together')
   if args.mode == 'input' and not args.annotations:
@@ -682,6 +699,26 @@ def run_eval_mode(args: argparse.Namespace) -> None:
                 machine=f'{cpu_name()}, {os.cpu_count()} CPUs')
   table = eval_benchmark.markdown_table(result)
   _write_outputs(args, result, table)
+
+
+def run_serving_mode(args: argparse.Namespace) -> None:
+  """--mode serving: maskrcnn_jax/serving_benchmark.py (every export path, timed)."""
+  from maskrcnn_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from maskrcnn_jax import serving_benchmark  # pylint: disable=import-outside-toplevel
+  config = load_benchmark_config(args.config, 'infer', args.batch[0], args.image_size,
+                                 (args.dtype or [None])[0])
+  if args.checkpoint:
+    variables = checkpoint.load_variables(args.checkpoint)
+  else:
+    variables = train.init_variables(mask_rcnn.MaskRCNN(config.model),
+                                     tuple(config.data.image_size), jax.random.key(args.seed))
+  result = serving_benchmark.run(config, variables, args.batch[0], args.steps,
+                                 tuple(args.serving_paths.split(',')), seed=args.seed)
+  result.update(mode='serving', config=args.config,
+                date=datetime.datetime.now().isoformat(timespec='seconds'),
+                machine=f'{cpu_name()}, {os.cpu_count()} CPUs',
+                load_average=' '.join(f'{v:.2f}' for v in os.getloadavg()))
+  _write_outputs(args, result, serving_benchmark.markdown_table(result))
 
 
 if __name__ == '__main__':

@@ -3,6 +3,8 @@
 All 12 numbers and every per-category AP equal within 1e-12 (the C++ accumulation sums
 in another order, so the last bit or two may differ), for bbox and segm, on the real COCO slice and on synthetic cases: crowd regions, empty images,
 images with more than 100 detections, a category with no detections, no results.
+`coco_tables` with bbox and segm at once (a spawned process) gives exactly the tables of
+one after the other, per-category APs included.
 """
 
 import json
@@ -131,3 +133,70 @@ def test_read_results_checks_files(tmp_path):
       coco_eval.read_results(tmp_path / name, gt)
   with pytest.raises(FileNotFoundError, match='no results file'):
     coco_eval.read_results(tmp_path / 'missing.json', gt)
+
+
+def _assert_concurrent_equals_sequential(ground_truth, results, engine):
+  sequential = {iou_type: coco_eval.coco_table(ground_truth, r, iou_type, engine)
+                for iou_type, r in results.items()}
+  assert coco_eval.coco_tables(ground_truth, results, engine, processes=1) == sequential
+  at_once = coco_eval.coco_tables(ground_truth, results, engine, processes=2, min_results=0)
+  assert list(at_once) == list(results)
+  assert at_once == sequential  # exactly: the same numbers, bit for bit
+  return at_once
+
+
+def test_concurrent_tables_equal_sequential_on_real_coco(coco_tiny_gt):
+  bbox_results, segm_results = eval_benchmark.jittered_results(coco_tiny_gt, per_image=30)
+  ground_truth = coco_eval.GroundTruth(coco_tiny_gt)
+  tables = _assert_concurrent_equals_sequential(
+      ground_truth, {'bbox': bbox_results, 'segm': segm_results}, 'faster_coco_eval')
+  assert len(tables['segm']['per_category']) == len(coco_tiny_gt['categories'])
+
+
+@pytest.mark.parametrize('engine', coco_eval.ENGINES)
+def test_concurrent_tables_equal_sequential_on_synthetic_data(engine):
+  gt = eval_benchmark.synthetic_ground_truth(12, seed=6, crowd_fraction=0.15)
+  bbox_results, segm_results = eval_benchmark.jittered_results(gt, per_image=110, seed=7)
+  ground_truth = coco_eval.GroundTruth(gt)
+  # segm first: the spawned process then evaluates the boxes.
+  _assert_concurrent_equals_sequential(
+      ground_truth, {'segm': segm_results, 'bbox': bbox_results}, engine)
+  _assert_concurrent_equals_sequential(ground_truth, {'bbox': [], 'segm': []}, engine)
+
+
+def test_coco_tables_leave_results_as_they_were_and_print_in_order(capsys):
+  gt = eval_benchmark.synthetic_ground_truth(4, seed=8)
+  bbox_results, segm_results = eval_benchmark.jittered_results(gt, per_image=5)
+  before = json.dumps([bbox_results, segm_results])
+  coco_eval.coco_tables(coco_eval.GroundTruth(gt), {'bbox': bbox_results,
+                                                    'segm': segm_results}, print_tables=True)
+  assert json.dumps([bbox_results, segm_results]) == before
+  printed = capsys.readouterr().out
+  assert printed.index('COCO bbox: 20 results') < printed.index('COCO segm: 20 results')
+  assert printed.count('Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all') == 2
+
+
+def test_pycocotools_prints_the_table_we_print_for_faster_coco_eval(capsys):
+  gt = eval_benchmark.synthetic_ground_truth(4, seed=9)
+  bbox_results, _ = eval_benchmark.jittered_results(gt, per_image=5)
+  tables = [coco_eval.coco_table(coco_eval.GroundTruth(gt), bbox_results, 'bbox', engine,
+                                 print_table=True) for engine in coco_eval.ENGINES]
+  printed = capsys.readouterr().out.splitlines()
+  assert len(printed) == 24 and printed[:12] == printed[12:]
+  assert tables[0]['AP'] == pytest.approx(tables[1]['AP'], abs=1e-12)
+
+
+def test_num_processes():
+  assert coco_eval.num_processes(1) == 1 and coco_eval.num_processes(3) == 3
+  assert 1 <= coco_eval.num_processes(-1) <= 2
+  assert coco_eval.num_processes(-1, num_iou_types=1) == 1
+  for bad in (0, -2):
+    with pytest.raises(ValueError, match='eval.coco_eval_workers'):
+      coco_eval.num_processes(bad)
+
+
+def test_results_with_unknown_images_are_refused():
+  gt = coco_eval.GroundTruth(eval_benchmark.synthetic_ground_truth(2))
+  bbox_results, _ = eval_benchmark.jittered_results(gt.dataset, per_image=2)
+  with pytest.raises(ValueError, match='not in the ground truth'):
+    coco_eval.coco_table(gt, [dict(bbox_results[0], image_id=99)], 'bbox')

@@ -39,18 +39,25 @@ def test_jittered_results_have_exactly_per_image_detections():
 
 
 def test_time_host_and_cocoeval_rows_and_table():
-  host = eval_benchmark.time_host(4, [0], per_image=10, batch=2)
-  assert host['processes_0']['images_per_second'] > 0
-  cocoeval = eval_benchmark.time_cocoeval(4, coco_eval.ENGINES, per_image=10)
+  host = eval_benchmark.time_host(5, [0, 2], per_image=10, batch=2)
+  assert host['processes_0']['images'] == 4  # 2 batches of 2
+  assert host['processes_2']['images'] == 4  # rounded up to a multiple of 2 tasks
+  for row in host.values():
+    assert row['images_per_second'] > 0 and row['cpu_ms_per_image'] > 0
+  cocoeval = eval_benchmark.time_cocoeval(4, coco_eval.ENGINES, per_image=10, processes=2)
   assert cocoeval['detections'] == 40
   for iou_type in ('bbox', 'segm'):
     assert abs(cocoeval[f'faster_coco_eval/{iou_type}']['AP'] -
                cocoeval[f'pycocotools/{iou_type}']['AP']) < 1e-12
+  for engine in coco_eval.ENGINES:  # the tables at once were checked equal inside
+    concurrent = cocoeval[f'{engine}/concurrent']
+    assert concurrent['processes'] == 2 and concurrent['children_cpu_seconds'] > 0
   table = eval_benchmark.markdown_table({'per_image': 10, 'mask_paste': 'bilinear',
                                          'cpus': 2, 'load_average': '0 0 0', 'host': host,
                                          'cocoeval': cocoeval})
   assert '| faster_coco_eval |' in table and '| pycocotools |' in table
-  assert '| 1 (in process) |' in table
+  assert '| 1 (in process) | 4 |' in table and '| 2 | 4 |' in table
+  assert ', 2 processes |' in table
 
 
 def test_benchmark_script_eval_mode(tmp_path):
@@ -63,6 +70,6 @@ def test_benchmark_script_eval_mode(tmp_path):
       text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   written = json.loads(output.read_text())
-  assert set(written['host']) == {'processes_0'}
+  assert set(written['host']) == {'processes_0', 'processes_1'}
   assert written['cocoeval']['images'] == 3
   assert '| faster_coco_eval |' in result.stdout

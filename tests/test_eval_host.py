@@ -1,5 +1,9 @@
 """Box-region pasting and region RLE against ops.masks.paste_mask + pycocotools' encode."""
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 from pycocotools import mask as mask_util
 import pytest
@@ -8,6 +12,7 @@ from maskrcnn_jax import eval_host
 from maskrcnn_jax import eval_benchmark
 from maskrcnn_jax.data import transforms
 from maskrcnn_jax.ops import masks as mask_ops
+from tests.conftest import REPO_ROOT
 
 
 def _full_rle(mask):
@@ -168,6 +173,33 @@ def test_worker_processes_give_the_same_results():
   with eval_host.process_pool(1) as pool:
     assert pool.submit(eval_host.batch_results, *args).result() == \
         eval_host.batch_results(*args)
+
+
+def test_started_pool_runs_every_worker_before_returning():
+  outputs, original_hw = eval_benchmark.synthetic_outputs(1, per_image=3, seed=4)
+  args = (outputs, original_hw, list(range(1, 81)), 0.5, 'bilinear')
+  with eval_host.process_pool(2, started=True) as pool:
+    assert len(pool._processes) == 2  # pylint: disable=protected-access
+    assert all(p.is_alive() for p in pool._processes.values())  # pylint: disable=protected-access
+    assert pool.submit(eval_host.batch_results, *args).result() == \
+        eval_host.batch_results(*args)
+
+
+def test_worker_processes_do_not_rerun_the_main_script(tmp_path):
+  # A script's top level (in real runs: importing jax and the trainer) runs once, in the
+  # parent: the workers never import __main__.
+  script = tmp_path / 'main_script.py'
+  script.write_text(textwrap.dedent(f"""
+      import os
+      from maskrcnn_jax import eval_host
+      with open({str(tmp_path / 'runs')!r}, 'a') as f:
+        f.write(str(os.getpid()) + chr(10))
+      if __name__ == '__main__':
+        with eval_host.process_pool(2, started=True) as pool:
+          assert pool.submit(eval_host.num_workers, 3).result() == 3
+  """))
+  subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, check=True, timeout=120)
+  assert len((tmp_path / 'runs').read_text().splitlines()) == 1
 
 
 def test_num_workers():

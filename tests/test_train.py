@@ -100,23 +100,6 @@ _EIGHT_DEVICES = textwrap.dedent('''
 ''')
 
 
-def test_a_skipped_image_slot_trains_with_finite_losses(tmp_path):
-  """A slot left empty by data.corrupt_images = 'skip': no pixels, no instances."""
-  config = tiny_config(str(tmp_path / 'shapes'))
-  batch = _first_batch(config, 2)
-  for key, value in batch.items():
-    value[1] = pipeline.SKIPPED_IMAGE_ID if key == 'image_id' else 0
-  mesh = parallel.data_mesh()
-  model, optimizer, state = train.create_train_state(config, jax.random.key(0))
-  step = train.jit_train_step(model, optimizer, config.train, mesh)
-  new_state, metrics = step(parallel.replicate(state, mesh),
-                            parallel.host_batch_to_global(batch, mesh), jax.random.key(1))
-  metrics = jax.device_get(metrics)
-  assert all(np.isfinite(float(metrics[term])) for term in LOSS_TERMS + ('total',))
-  assert np.isfinite(float(metrics['grad_norm'])) and float(metrics['grad_norm']) > 0
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(new_state.params)))
-
-
 def test_eight_devices_give_the_same_losses_and_update_as_one(tmp_path):
   script = _EIGHT_DEVICES.format(repo=str(REPO_ROOT), root=str(tmp_path / 'shapes'))
   run_on_eight_cpu_devices(script, timeout=900)

@@ -12,7 +12,9 @@ size is not the image's). Documented skips, counted in `CocoDataset.skipped` and
     instance (as Detectron2); `no_valid_segmentation`: instances left without any;
   - `clipped_boxes`: boxes reaching outside the image are clipped to it;
   - `empty_boxes`: instances whose box has no area (after clipping) are skipped;
-  - `empty_images`: images without non-crowd instances, when `filter_empty` is set.
+  - `empty_images`: images without non-crowd instances, when `filter_empty` is set;
+  - `few_keypoints`: images with fewer labelled keypoints (visibility > 0, all instances
+    together) than `min_keypoints` (Detectron2's MIN_KEYPOINTS_PER_IMAGE for training).
 Crowd regions (`iscrowd` 1) are kept with `is_crowd` True: never positives, ignored in
 matching; a missing `iscrowd` reads as 0.
 
@@ -36,7 +38,7 @@ from PIL import Image
 from maskrcnn_jax.ops import masks as mask_ops
 
 SKIP_REASONS = ('degenerate_polygons', 'no_valid_segmentation', 'clipped_boxes',
-                'empty_boxes', 'empty_images')
+                'empty_boxes', 'empty_images', 'few_keypoints')
 
 
 class CocoFormatError(ValueError):
@@ -282,7 +284,13 @@ def check_keypoints(keypoints: Any, num_keypoints: int, where: str) -> np.ndarra
   return out
 
 
-def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoDataset:
+def labelled_keypoints(keypoints: np.ndarray | None) -> int:
+  """Keypoints with visibility > 0 in an image's [n, K, 3] keypoints (0 for None)."""
+  return 0 if keypoints is None else int(np.count_nonzero(keypoints[..., 2] > 0))
+
+
+def load_coco(annotation_file: str, image_dir: str, filter_empty: bool,
+              min_keypoints: int = 0) -> CocoDataset:
   """Reads and validates a COCO-format annotation file (see the module docstring).
 
   Args:
@@ -290,6 +298,7 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoD
     image_dir: folder holding the images named by `file_name`.
     filter_empty: drop images without non-crowd instances (Detectron2 does for
       training, not for evaluation).
+    min_keypoints: drop images with fewer labelled keypoints (0: keep all).
 
   Returns:
     the dataset; categories sorted by id map to classes 1..K.
@@ -348,6 +357,11 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoD
     if filter_empty and not any(not crowd for _, _, _, crowd, _, _ in anns):
       skips.add('empty_images', image_id)
       continue
+    keypoints = (np.array([a[5] for a in anns], np.float32).reshape(
+        -1, len(keypoint_names), 3) if keypoint_names else None)
+    if min_keypoints and labelled_keypoints(keypoints) < min_keypoints:
+      skips.add('few_keypoints', image_id)
+      continue
     path = os.path.join(image_dir, image['file_name'])
     if not os.path.isfile(path):
       raise CocoFormatError(f'{annotation_file}: image id {image_id}: missing image {path}')
@@ -359,12 +373,11 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool) -> CocoD
         classes=np.array([a[2] for a in anns], np.int32),
         is_crowd=np.array([a[3] for a in anns], bool),
         segmentations=tuple(a[4] for a in anns), source=annotation_file,
-        keypoints=(np.array([a[5] for a in anns], np.float32).reshape(
-            -1, len(keypoint_names), 3) if keypoint_names else None),
-        keypoint_names=keypoint_names))
+        keypoints=keypoints, keypoint_names=keypoint_names))
 
   num_instances = sum(r.num_instances for r in records)
-  problems = any(count for reason, count in skips.counts.items() if reason != 'empty_images')
+  problems = any(count for reason, count in skips.counts.items()
+                 if reason not in ('empty_images', 'few_keypoints'))
   logging.log(logging.WARNING if problems else logging.INFO,
               '%s: %d images, %d instances (%d crowd), %d classes; skipped: %s',
               annotation_file, len(records), num_instances,

@@ -17,9 +17,11 @@ batch padded with index -1.
 Workers. `iterate` runs `make_batch(step)` in `num_workers` grain processes (process i
 makes steps i, i + N, ...; grain interleaves them back in step order), so the stream does
 not depend on the worker count. Batches come back through shared memory (a worker makes
-its large arrays there: `shared_zeros`). Records travel once: `RecordStore` pickles each
-record into one file that every worker maps read-only. A worker's exception is raised by
-the consumer's `next`; a worker that dies raises a RuntimeError there within a second.
+its large arrays there: `shared_zeros`; smaller ones travel pickled), each segment's name
+removed as soon as the consumer has mapped it (`Stream`). Records travel once:
+`RecordStore` pickles each record into one file that every worker maps read-only. A
+worker's exception is raised by the consumer's `next`; a worker that dies raises a
+RuntimeError there within a second.
 """
 
 import math
@@ -35,6 +37,7 @@ import numpy as np
 
 PADDING_INDEX = -1
 _ENDLESS = 2**62  # the step range of a training stream
+SHARED_MIN_BYTES = 1 << 16  # smaller arrays go pickled, not in a shared segment
 
 
 class StepPlan:
@@ -187,10 +190,11 @@ def _remove_file(path: str) -> None:
 def shared_zeros(shape: Sequence[int], dtype: Any) -> np.ndarray:
   """A zeroed array that grain sends from a worker to the consumer without copying it.
 
-  grain copies any other array into a fresh shared-memory segment after the batch is
-  made (an extra write of every byte, ~2 ms per 1x image); a batch made in one in the
-  first place saves that, and a fresh segment is zeros already. Only for arrays a worker
-  returns (the consumer unlinks them); grain's own type, so grain sends it by name.
+  grain copies any other array of SHARED_MIN_BYTES or more into a fresh shared-memory
+  segment after the batch is made (an extra write of every byte, ~2 ms per 1x image)
+  and pickles smaller ones; a batch made in one in the first place saves that, and a
+  fresh segment is zeros already. Only for arrays a worker returns (the consumer unlinks
+  them, `Stream`); grain's own type, so grain sends it by name.
   """
   from grain._src.python.ipc import shared_memory_array  # pylint: disable=import-outside-toplevel
 
@@ -198,7 +202,7 @@ def shared_zeros(shape: Sequence[int], dtype: Any) -> np.ndarray:
 
 
 def iterate(make_batch: Callable[[int], dict[str, np.ndarray]], start_step: int,
-            num_steps: int | None, num_workers: int, prefetch: int) -> Iterator[Any]:
+            num_steps: int | None, num_workers: int, prefetch: int) -> 'Stream':
   """`make_batch(step)` for step = start_step, ... (endless when num_steps is None).
 
   Args:
@@ -209,7 +213,7 @@ def iterate(make_batch: Callable[[int], dict[str, np.ndarray]], start_step: int,
     prefetch: batches made ahead of the consumer over all workers (at least one each).
 
   Returns:
-    a grain iterator (with `close()`), its workers already started.
+    the batches (with `close()`), the workers already started.
   """
   import grain  # pylint: disable=import-outside-toplevel  # grain imports jax: only on use
 
@@ -220,8 +224,47 @@ def iterate(make_batch: Callable[[int], dict[str, np.ndarray]], start_step: int,
   dataset = steps.map(make_batch).to_iter_dataset(
       grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if num_workers:
+    # Small arrays travel pickled: a segment each (image_id's 8 bytes) costs more.
+    dataset = grain.experimental.WithOptionsIterDataset(
+        dataset, grain.experimental.DatasetOptions(min_shm_size=SHARED_MIN_BYTES))
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=max(1, math.ceil(prefetch / num_workers))))
   iterator = iter(dataset)
   iterator.start_prefetch()
-  return iterator
+  return Stream(iterator)
+
+
+class Stream(Iterator[Any]):
+  """grain's iterator; each batch's shared-memory segments are unlinked on arrival.
+
+  grain unlinks a received segment only when its array is deleted (from a thread pool),
+  and the last batch of a finite stream is deleted only by the cycle collector: grain's
+  StopIteration keeps, through its traceback, the frame of the prefetch thread that
+  fetched it. Nothing collects it before the exit, so Python's resource tracker
+  reported "N leaked shared_memory objects" and removed them. A mapped segment
+  needs no name: removing it (and its tracker entry) at once leaves nothing to leak; the
+  memory is freed when the array is. (Batches dropped in flight by `close` are still
+  unlinked by grain.)
+  """
+
+  def __init__(self, iterator: Any):
+    self._iterator = iterator
+
+  def __next__(self) -> Any:
+    batch = next(self._iterator)
+    for value in batch.values():
+      _unlink_segment(value)
+    return batch
+
+  def close(self) -> None:
+    self._iterator.close()
+
+
+def _unlink_segment(array: Any) -> None:
+  """Removes the name of the shared-memory segment under a received grain array."""
+  # pylint: disable=import-outside-toplevel,protected-access
+  from grain._src.python.ipc import shared_memory_array
+
+  if isinstance(array, shared_memory_array.SharedMemoryArray) and array._unlink_on_del:
+    array.shm.unlink()  # also unregisters it from the resource tracker
+    array._unlink_on_del = False  # its deletion only unmaps it

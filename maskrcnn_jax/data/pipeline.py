@@ -18,6 +18,10 @@ H x W = the batch's canvas, N = max_instances, S = mask_size):
   gt_keypoints [B, N, K, 3] float32 (x, y continuous canvas pixels, visibility; zeros
   where unlabelled or padded).
 
+A training image that cannot be read is replaced by another image of its step
+(data.corrupt_images = 'skip', counted and named once in a warning) or stops the run
+('fail'); evaluation always stops.
+
 Order and workers: `Batches` (data/loader.py's `StepPlan` and grain worker processes).
 Every batch lies on one canvas; global step s holds G examples (G = global batch), host p
 the slice [p * B, (p + 1) * B) of them; batches depend only on (seed, step, host), so any
@@ -40,10 +44,10 @@ from maskrcnn_jax.ops import keypoints as keypoint_ops
 from maskrcnn_jax.ops import masks as mask_ops
 
 PADDING_IMAGE_ID = -1
-# The image_id of a training slot whose image could not be read (data.corrupt_images =
-# 'skip'): an empty example, like padding; `Batches` names the file and counts it.
-SKIPPED_IMAGE_ID = -2
 CORRUPT_IMAGE_POLICIES = ('skip', 'fail')
+# A training batch's list of (image id, error) of the images that could not be read
+# there (data.corrupt_images = 'skip'); `Batches` takes it off the batch and warns.
+_UNREADABLE = 'unreadable'
 
 
 def load_split(data_config: ml_collections.ConfigDict, split: str) -> coco.CocoDataset:
@@ -52,24 +56,29 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> coco.CocoD
   'coco' and 'shapes' read an annotation file and an image folder; 'tfds' reads the
   split `data.tfds_<split>_split` of `data.tfds_name` (default `coco_instances`) prepared
   in `data.tfds_data_dir`.
-  Training filters images without non-crowd instances when `data.filter_empty_train`;
+  Training filters images without non-crowd instances when `data.filter_empty_train`,
+  and with keypoints those with fewer than `data.min_train_keypoints` labelled ones;
   evaluation keeps every image.
   """
   if split not in ('train', 'val'):
     raise ValueError(f"split must be 'train' or 'val'; got {split!r}")
+  min_keypoints = (data_config.min_train_keypoints
+                   if split == 'train' and data_config.num_keypoints > 0 else 0)
   if data_config.dataset == 'tfds':
     # Imported here: tensorflow_datasets is heavy, and only this dataset kind needs it.
     from maskrcnn_jax.data import tfds_coco  # pylint: disable=import-outside-toplevel
     return tfds_coco.load_tfds(
         data_config.tfds_data_dir, data_config[f'tfds_{split}_split'],
         name=data_config.tfds_name or tfds_coco.NAME,
-        filter_empty=split == 'train' and data_config.filter_empty_train)
+        filter_empty=split == 'train' and data_config.filter_empty_train,
+        min_keypoints=min_keypoints)
   if data_config.dataset not in ('coco', 'shapes'):
     raise ValueError(f"data.dataset must be 'coco', 'shapes' or 'tfds'; got "
                      f'{data_config.dataset!r}')
   if split == 'train':
     return coco.load_coco(data_config.train_annotations, data_config.train_images,
-                          filter_empty=data_config.filter_empty_train)
+                          filter_empty=data_config.filter_empty_train,
+                          min_keypoints=min_keypoints)
   return coco.load_coco(data_config.val_annotations, data_config.val_images,
                         filter_empty=False)
 
@@ -264,6 +273,10 @@ class _HostBatch:
   it runs in the loader's worker processes. Example j of global step s is stream
   position p = s * G + offset + j; in training its flip and scale come from
   `np.random.default_rng([seed, p, 1])`, so a batch depends only on (seed, step, host).
+  A training image that cannot be read (`coco.CocoFormatError`: its file or its masks)
+  is replaced, with data.corrupt_images = 'skip', by the next readable record of the
+  same global step (on this canvas by construction), drawn with the slot's own rng;
+  the batch then carries `_UNREADABLE`.
   """
 
   def __init__(self, records: Sequence[coco.ImageRecord], plan: loader.StepPlan,
@@ -288,21 +301,22 @@ class _HostBatch:
     batch = empty_batch(self._batch, self._config, canvas_hw=(height, width))
     if self._in_worker:  # the large arrays are zeros, as a fresh shared segment is
       batch.update({key: loader.shared_zeros(value.shape, value.dtype)
-                    for key, value in batch.items() if value.nbytes >= 1 << 16})
+                    for key, value in batch.items() if value.nbytes >= loader.SHARED_MIN_BYTES})
+    unreadable = []
     for slot in range(self._batch):
       index = int(indices[self._offset + slot])
       if index == loader.PADDING_INDEX:
         continue
       position = step * self._global_batch + self._offset + slot
-      rng = np.random.default_rng([self._seed, position, 1]) if self._train else None
-      canvas = transforms.Canvas(canvas_index, height, width, bool(self._transposed[index]))
       try:
-        example = prepare_example(self._records[index], self._config, canvas, rng)
-      except coco.ImageReadError:
+        example = self._example(index, canvas_index, position)
+      except coco.CocoFormatError as e:
         if not (self._train and self._config.corrupt_images == 'skip'):
           raise
-        batch['image_id'][slot] = SKIPPED_IMAGE_ID  # the rest of the slot stays zeros
-        continue
+        record = self._records[index]
+        unreadable.append((record.image_id, _read_error(record, e)))
+        example = self._replacement(step, indices, self._offset + slot, canvas_index,
+                                    position, e)
       # Only the valid region and instances: the rest is zeros in both, and pages of a
       # fresh shared segment that are never written cost nothing.
       valid_h, valid_w = (int(v) for v in image_info.resized_hw(example['image_info']))
@@ -312,7 +326,40 @@ class _HostBatch:
       for key, value in example.items():
         if key not in ('images', 'gt_masks'):
           batch[key][slot] = value
+    if self._train:
+      batch[_UNREADABLE] = unreadable
     return batch
+
+  def _example(self, index: int, canvas_index: int, position: int) -> dict[str, np.ndarray]:
+    """Record `index` prepared onto canvas `canvas_index` as stream position `position`."""
+    height, width = self._canvas_sizes[canvas_index]
+    canvas = transforms.Canvas(canvas_index, height, width, bool(self._transposed[index]))
+    rng = np.random.default_rng([self._seed, position, 1]) if self._train else None
+    return prepare_example(self._records[index], self._config, canvas, rng)
+
+  def _replacement(self, step: int, indices: np.ndarray, column: int, canvas_index: int,
+                   position: int, error: Exception) -> dict[str, np.ndarray]:
+    """The first readable record of the step after column `column` (cyclically).
+
+    A replacement, not an empty slot: the losses have no per-image validity, and an
+    empty image would still train its anchors and RoIs as background. It depends only
+    on the step and the files, so resumption and the worker count do not change it.
+    """
+    for shift in range(1, len(indices)):
+      index = int(indices[(column + shift) % len(indices)])
+      try:
+        return self._example(index, canvas_index, position)
+      except coco.CocoFormatError:
+        continue
+    raise coco.CocoFormatError(f'{error} (no image of step {step} could be read in its '
+                               'place)') from error
+
+
+def _read_error(record: coco.ImageRecord, error: Exception) -> str:
+  """The error naming the record's file and image id (a mask's error names neither)."""
+  if isinstance(error, coco.ImageReadError):
+    return str(error)
+  return f'{error} (image id {record.image_id}, {record.path})'
 
 
 def _record_canvases(dataset: coco.CocoDataset, data_config: ml_collections.ConfigDict,
@@ -347,7 +394,9 @@ class Batches:
   the first batch includes the workers' start-up). Use as a context manager, or call
   `close()`, to stop the workers. A worker's error is raised by `__next__` (a bad
   image or annotation names its file and image id); a worker that dies raises a
-  RuntimeError within about a second.
+  RuntimeError within about a second. In training, data.corrupt_images = 'skip' replaces
+  an image that cannot be read instead (`_HostBatch`): a warning names it the first time
+  and `skipped_images` counts them.
   """
 
   def __init__(self, dataset: coco.CocoDataset, data_config: ml_collections.ConfigDict,
@@ -385,10 +434,8 @@ class Batches:
                            seed=seed)
     self.num_steps = plan.num_steps
     self.wait_seconds = 0.0
-    self.skipped_images = 0  # training images left out because they could not be read
-    self._plan, self._records = plan, dataset.records
-    self._next_step, self._host_offset = start_step, process_index * (
-        global_batch_size // process_count)
+    self._unreadable_ids = set()  # image ids of the training images replaced
+    self._next_step = start_step
     workers = data_config.num_workers
     # A list would be pickled whole to each worker; the store sends a file name. Lazy
     # records (TFDS) already travel as a reader.
@@ -412,22 +459,19 @@ class Batches:
     finally:
       self.wait_seconds += time.perf_counter() - start
     step, self._next_step = self._next_step, self._next_step + 1
-    batch = {key: np.asarray(value) for key, value in batch.items()}  # plain views of shm
-    for slot in np.flatnonzero(batch['image_id'] == SKIPPED_IMAGE_ID):
-      self._warn_skipped(step, int(slot))
-    return batch
+    for image_id, error in batch.pop(_UNREADABLE, ()):
+      if image_id not in self._unreadable_ids:  # once per image; it is replaced each time
+        self._unreadable_ids.add(image_id)
+        logging.warning("%s; replaced at step %d by another image of the step "
+                        "(data.corrupt_images = 'skip'; 'fail' stops instead); %d "
+                        'unreadable training images so far', error, step,
+                        self.skipped_images)
+    return {key: np.asarray(value) for key, value in batch.items()}  # plain views of shm
 
-  def _warn_skipped(self, step: int, slot: int) -> None:
-    """Names the image a worker could not read (read again here for its message)."""
-    record = self._records[int(self._plan.step(step)[1][self._host_offset + slot])]
-    self.skipped_images += 1
-    try:
-      coco.read_image(record)
-      reason = f'{record.source}: image id {record.image_id}: cannot read {record.path}'
-    except coco.ImageReadError as e:
-      reason = str(e)
-    logging.warning('%s; skipped at step %d (%d skipped so far; data.corrupt_images = '
-                    "'fail' stops instead)", reason, step, self.skipped_images)
+  @property
+  def skipped_images(self) -> int:
+    """How many distinct training images could not be read so far (data.corrupt_images)."""
+    return len(self._unreadable_ids)
 
   def close(self) -> None:
     self._iterator.close()

@@ -6,7 +6,9 @@ folder once, offline, from a manual directory holding, for each split `<name>`:
 either as files or inside zips (the official `annotations_trainval2017.zip`,
 `train2017.zip` and `val2017.zip` give splits `train2017` and `val2017`). Every split
 is validated by `coco.load_coco` (same errors and counted skips), masks are stored as
-compressed RLE strings and images as their original encoded bytes:
+compressed RLE strings, images as their original encoded bytes, and keypoints (COCO
+person keypoints, or any file whose categories declare `keypoints`) as one
+[num_objects * K, 3] array per image, the K names in the builder's metadata:
 
   prepare(manual_dir, data_dir)
   builder = tfds.builder('coco_instances', data_dir=data_dir)  # after importing this module
@@ -78,8 +80,9 @@ def _find_splits(roots: Sequence[str]) -> dict[str, tuple[str, str]]:
 class CocoInstances(tfds.core.GeneratorBasedBuilder):
   """COCO-format instances with boxes, classes, crowd flags and RLE masks."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Keypoints ([num_objects * K, 3] per image) and their names.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put in the manual directory, for each split <name>, `annotations/instances_<name>.json`
   and the image folder `<name>/`, or zips holding them (for COCO 2017, the official
@@ -108,6 +111,9 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
                 'is_crowd': np.bool_,
                 'rle': tfds.features.Text(),  # compressed RLE counts, size [height, width]
             }),
+            # Object i's keypoints are rows i*K .. i*K+K-1 (x, y, visibility); no rows
+            # when the categories declare no keypoints (K = 0).
+            'keypoints': tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
         }),
         metadata=tfds.core.MetadataDict(),
         disable_shuffling=True,  # example i of a split is record i of its annotation file
@@ -125,14 +131,18 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
       raise FileNotFoundError(f'{manual_dir}: no annotations/instances_<split>.json found')
     datasets = {split: coco.load_coco(annotations, images, filter_empty=False)
                 for split, (annotations, images) in splits.items()}
-    categories = {(d.category_ids, d.class_names) for d in datasets.values()}
+    categories = {(d.category_ids, d.class_names, d.keypoint_names)
+                  for d in datasets.values()}
     if len(categories) != 1:
-      raise ValueError(f'{manual_dir}: the splits have different categories')
-    category_ids, class_names = categories.pop()
+      raise ValueError(f'{manual_dir}: the splits have different categories or keypoints')
+    category_ids, class_names, keypoint_names = categories.pop()
     self.info.metadata.update({
         'category_ids': list(category_ids), 'class_names': list(class_names),
+        'keypoint_names': list(keypoint_names),
         'splits': {split: {'instance_counts': d.instance_counts.tolist(),
                            'non_crowd_counts': [int((~r.is_crowd).sum()) for r in d.records],
+                           'keypoint_counts': [coco.labelled_keypoints(r.keypoints)
+                                               for r in d.records],
                            'skipped': d.skipped, 'annotation_file': d.annotation_file}
                    for split, d in datasets.items()}})
     return {split: self._generate_examples(d) for split, d in datasets.items()}
@@ -155,6 +165,8 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
               'rle': [_compressed_rle(s, record.height, record.width)
                       for s in record.segmentations],
           },
+          'keypoints': (np.zeros((0, 3), np.float32) if record.keypoints is None
+                        else record.keypoints.reshape(-1, 3)),
       }
 
 
@@ -169,10 +181,12 @@ def prepare(manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
 class _Records(Sequence[coco.ImageRecord]):
   """Lazy `ImageRecord`s of a prepared split, read on access."""
 
-  def __init__(self, source, indices: np.ndarray, where: str):
+  def __init__(self, source, indices: np.ndarray, where: str,
+               keypoint_names: tuple[str, ...]):
     self._source = source
     self._indices = indices
     self._where = where
+    self._keypoint_names = keypoint_names
 
   def __len__(self) -> int:
     return len(self._indices)
@@ -185,6 +199,10 @@ class _Records(Sequence[coco.ImageRecord]):
     height, width = int(example['height']), int(example['width'])
     objects = example['objects']
     rles = [r.decode('ascii') if isinstance(r, bytes) else str(r) for r in objects['rle']]
+    keypoints = None
+    if self._keypoint_names:
+      keypoints = np.asarray(example['keypoints'], np.float32).reshape(
+          len(rles), len(self._keypoint_names), 3)
     return coco.ImageRecord(
         image_id=int(example['image/id']),
         path=f"{self._where}[{index}] ({example['image/filename'].decode()})",
@@ -194,11 +212,12 @@ class _Records(Sequence[coco.ImageRecord]):
         classes=np.asarray(objects['label'], np.int32),
         is_crowd=np.asarray(objects['is_crowd'], bool),
         segmentations=tuple({'counts': r, 'size': [height, width]} for r in rles),
-        source=self._where, image_bytes=example['image'])
+        source=self._where, image_bytes=example['image'], keypoints=keypoints,
+        keypoint_names=self._keypoint_names)
 
 
 def load_tfds(data_dir: str, split: str, filter_empty: bool,
-              name: str = NAME) -> coco.CocoDataset:
+              name: str = NAME, min_keypoints: int = 0) -> coco.CocoDataset:
   """A prepared split as a `coco.CocoDataset` with lazily read records.
 
   Args:
@@ -206,17 +225,22 @@ def load_tfds(data_dir: str, split: str, filter_empty: bool,
     split: a split name (`<name>` of `instances_<name>.json`).
     filter_empty: drop images without non-crowd instances (as `coco.load_coco`).
     name: the registered builder name (with an optional `:version`).
+    min_keypoints: drop images with fewer labelled keypoints (as `coco.load_coco`).
   """
   builder = tfds.builder(name, data_dir=data_dir)
   meta = builder.info.metadata['splits'][split]
-  keep = np.array([bool(n) or not filter_empty for n in meta['non_crowd_counts']], bool)
-  indices = np.flatnonzero(keep)
-  skipped = dict(meta['skipped'], empty_images=int((~keep).sum()))
+  has_instances = np.array([bool(n) or not filter_empty for n in meta['non_crowd_counts']],
+                           bool)
+  has_keypoints = np.asarray(meta['keypoint_counts'], np.int64) >= min_keypoints
+  indices = np.flatnonzero(has_instances & has_keypoints)
+  skipped = dict(meta['skipped'], empty_images=int((~has_instances).sum()),
+                 few_keypoints=int((has_instances & ~has_keypoints).sum()))
   source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   where = f'{os.path.join(data_dir, builder.name)} {split}'
+  keypoint_names = tuple(builder.info.metadata['keypoint_names'])
   return coco.CocoDataset(
-      records=_Records(source, indices, where),
+      records=_Records(source, indices, where, keypoint_names),
       instance_counts=np.asarray(meta['instance_counts'], np.int64)[indices],
       category_ids=tuple(builder.info.metadata['category_ids']),
       class_names=tuple(builder.info.metadata['class_names']),
-      skipped=skipped, annotation_file=where)
+      skipped=skipped, annotation_file=where, keypoint_names=keypoint_names)

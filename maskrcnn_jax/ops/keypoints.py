@@ -121,7 +121,7 @@ def heatmaps_to_keypoints(heatmaps: np.ndarray, boxes: np.ndarray
     box_h = max(float(y2 - y1), 1.0)
     out_w, out_h = int(np.ceil(np.float32(box_w))), int(np.ceil(np.float32(box_h)))
     rows, cols = bicubic_matrix(height, out_h), bicubic_matrix(width, out_w)
-    resized = np.einsum('yh,khw,xw->kyx', rows, heatmaps[i].astype(np.float64), cols)
+    resized = rows @ heatmaps[i].astype(np.float64) @ cols.T  # [K, out_h, out_w]
     resized = resized.astype(np.float32).reshape(k, -1)
     best = np.argmax(resized, axis=1)
     row, col = np.divmod(best, out_w)

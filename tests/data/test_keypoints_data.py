@@ -110,3 +110,41 @@ def test_keypoint_metrics_of_the_ground_truth_is_one(split):
   assert evaluate.keypoint_metrics(ground_truth, shifted, (0.079,) * 4)['AP'] < 0.9
   with pytest.raises(ValueError, match='keypoint_oks_sigmas'):
     evaluate.keypoint_metrics(ground_truth, results)
+
+
+@pytest.mark.parametrize('min_keypoints', [1, 5, 9])
+def test_min_keypoints_drops_the_images_with_fewer_labelled_keypoints(split, tmp_path,
+                                                                      min_keypoints):
+  """Detectron2's MIN_KEYPOINTS_PER_IMAGE: labelled (v > 0) keypoints of all instances."""
+  with open(split[0]) as f:
+    data = json.load(f)
+  # Unlabel every keypoint of the first image's first instance, so some counts are uneven.
+  first = next(a for a in data['annotations'] if a['image_id'] == data['images'][0]['id'])
+  first['keypoints'] = [0] * len(first['keypoints'])
+  first['num_keypoints'] = 0
+  path = tmp_path / 'instances.json'
+  path.write_text(json.dumps(data))
+  labelled = {image['id']: 0 for image in data['images']}
+  for ann in data['annotations']:
+    labelled[ann['image_id']] += sum(v > 0 for v in ann['keypoints'][2::3])
+  expected = [i for i, n in labelled.items() if n >= min_keypoints]
+  assert 0 < len(expected) < len(labelled)
+  dataset = coco.load_coco(str(path), split[1], filter_empty=False,
+                           min_keypoints=min_keypoints)
+  assert [r.image_id for r in dataset.records] == expected
+  assert dataset.skipped['few_keypoints'] == len(labelled) - len(expected)
+  assert coco.load_coco(str(path), split[1], filter_empty=False).skipped['few_keypoints'] == 0
+
+
+def test_load_split_filters_training_images_by_keypoints_only_with_keypoints(split):
+  data = load_config('tiny').data
+  data.train_annotations, data.train_images = split
+  data.val_annotations, data.val_images = split
+  data.min_train_keypoints = 9
+  assert pipeline.load_split(data, 'train').skipped['few_keypoints'] == 0  # no keypoints read
+  data.num_keypoints = 4
+  train = pipeline.load_split(data, 'train')
+  reference = coco.load_coco(*split, filter_empty=True, min_keypoints=9)
+  assert train.skipped['few_keypoints'] == reference.skipped['few_keypoints'] > 0
+  assert [r.image_id for r in train.records] == [r.image_id for r in reference.records]
+  assert pipeline.load_split(data, 'val').skipped['few_keypoints'] == 0

@@ -9,6 +9,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -20,6 +22,7 @@ from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import loader
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import transforms
+from tests.conftest import REPO_ROOT
 
 # Canvas 0 (8 x 16) holds both others; canvas 2 (4 x 12) is smaller than canvas 1 (8 x 8)
 # but does not fit in it, so its leftovers skip canvas 1 and go straight to canvas 0.
@@ -312,55 +315,6 @@ def test_corrupt_image_in_a_worker_names_its_file_and_id(varied, tmp_path):
       next(batches)
 
 
-def _with_one_broken_image(varied, tmp_path):
-  """`varied` with image id 5's file replaced by bytes that are not an image."""
-  broken = tmp_path / 'broken.png'
-  broken.write_bytes(b'not an image')
-  return dataclasses.replace(varied, records=[
-      dataclasses.replace(r, path=str(broken)) if r.image_id == 5 else r
-      for r in varied.records])
-
-
-@pytest.mark.parametrize('workers', [0, pytest.param(1, marks=pytest.mark.slow)])
-def test_a_corrupt_training_image_is_a_counted_skip(varied, tmp_path, caplog, workers):
-  bad = _with_one_broken_image(varied, tmp_path)
-  config = _batches_config(num_workers=workers)
-  good = _take(pipeline.Batches(varied, config, 4, train=True, seed=3), 8)
-  with caplog.at_level(logging.WARNING), \
-      pipeline.Batches(bad, config, 4, train=True, seed=3) as batches:
-    stream = [next(batches) for _ in range(8)]
-    skipped = batches.skipped_images
-  found = 0
-  for got, want in zip(stream, good):  # 8 steps of 4 over 14 images: id 5 comes twice
-    for slot in range(4):
-      if want['image_id'][slot] != 5:  # every other example as without the broken file
-        for key in got:
-          np.testing.assert_array_equal(got[key][slot], want[key][slot], err_msg=key)
-        continue
-      found += 1
-      assert got['image_id'][slot] == pipeline.SKIPPED_IMAGE_ID
-      for key in got:
-        if key != 'image_id':
-          assert not got[key][slot].any(), key  # an empty example: no pixels, no instances
-  assert found >= 2 and skipped == found
-  warnings = [r.getMessage() for r in caplog.records if 'skipped at step' in r.getMessage()]
-  assert len(warnings) == found
-  assert 'image id 5: cannot decode' in warnings[0] and 'broken.png' in warnings[0]
-  assert f'({found} skipped so far' in warnings[-1]
-
-
-def test_a_corrupt_image_stops_training_with_fail_and_evaluation_always(varied, tmp_path):
-  bad = _with_one_broken_image(varied, tmp_path)
-  with pytest.raises(coco.CocoFormatError, match=r'image id 5: cannot decode .*broken.png'):
-    _take(pipeline.Batches(bad, _batches_config(corrupt_images='fail'), 4, train=True,
-                           seed=3), 8)
-  with pytest.raises(coco.CocoFormatError, match=r'image id 5: cannot decode .*broken.png'):
-    _take(pipeline.Batches(bad, _batches_config(), 4, train=False))
-  with pytest.raises(ValueError, match=r"data.corrupt_images must be one of \('skip', "
-                     r"'fail'\); got 'ignore'"):
-    pipeline.Batches(bad, _batches_config(corrupt_images='ignore'), 4, train=True)
-
-
 def test_coco_tiny_eval_at_the_1x_config(coco_tiny):
   cfg = default_config().data
   cfg.val_annotations = str(coco_tiny / 'annotations' / 'instances_val2017.json')
@@ -426,3 +380,62 @@ def test_workers_prepare_the_next_batch_during_the_step(coco_tiny):
       waits[workers] = batches.wait_seconds - start
   assert waits[0] > 0.05, waits  # 3 batches of 4 real photos at the 1x resize
   assert waits[1] < waits[0] / 3, waits
+
+
+# Logs the name of every shared-memory segment made, in this process and in its spawned
+# grain workers (both read sitecustomize from PYTHONPATH).
+_LOG_SEGMENTS = """
+import os
+from multiprocessing import shared_memory
+_init = shared_memory.SharedMemory.__init__
+def _logged(self, name=None, create=False, size=0):
+  _init(self, name, create, size)
+  if create:
+    with open(os.environ['SEGMENT_LOG'], 'a') as f:
+      f.write(self.name + '\\n')
+shared_memory.SharedMemory.__init__ = _logged
+"""
+
+_FINITE_AND_CLOSED_STREAMS = """
+import json, sys
+import numpy as np
+from PIL import Image
+from maskrcnn_jax.config import default_config
+from maskrcnn_jax.data import coco, pipeline
+root = sys.argv[1]
+images, annotations = [], []
+for i in range(1, 6):
+  Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(f'{root}/{i}.png')
+  images.append({'id': i, 'file_name': f'{i}.png', 'height': 48, 'width': 64})
+  annotations.append({'id': i, 'image_id': i, 'category_id': 1, 'bbox': [4, 4, 20, 20],
+                      'iscrowd': 0, 'area': 400, 'segmentation': [[4, 4, 24, 4, 24, 24, 4, 24]]})
+with open(f'{root}/instances.json', 'w') as f:
+  json.dump({'images': images, 'annotations': annotations,
+             'categories': [{'id': 1, 'name': 'a'}]}, f)
+dataset = coco.load_coco(f'{root}/instances.json', root, filter_empty=False)
+c = default_config().data
+c.update(dict(resize_mode='shorter_side', min_size=64, max_size=128, train_min_sizes=(64,),
+              image_size=(128, 128), extra_canvases=(), max_instances=2, mask_size=8,
+              num_workers=1, prefetch=2))
+with pipeline.Batches(dataset, c, 2, train=True) as batches:
+  next(batches)  # closed with batches in flight
+with pipeline.Batches(dataset, c, 2, train=False) as batches:
+  assert len(list(batches)) == 3  # to its end, just before the exit (as a final eval)
+print('ok')
+"""
+
+
+@pytest.mark.slow
+def test_worker_streams_leave_no_shared_memory_behind(tmp_path):
+  """No "leaked shared_memory" report at exit, and no segment left in /dev/shm."""
+  (tmp_path / 'sitecustomize.py').write_text(_LOG_SEGMENTS)
+  log = tmp_path / 'segments.txt'
+  env = dict(os.environ, PYTHONPATH=str(tmp_path), SEGMENT_LOG=str(log), JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', _FINITE_AND_CLOSED_STREAMS, str(tmp_path)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-3000:]
+  assert 'leaked shared_memory' not in result.stderr, result.stderr[-3000:]
+  segments = log.read_text().split()
+  assert len(segments) >= 4  # the images of 3 + 1 batches went through shared memory
+  left = [name for name in segments if os.path.exists(os.path.join('/dev/shm', name))]
+  assert not left, left

@@ -134,3 +134,39 @@ def test_load_split_reads_tfds_from_the_config(prepared):
   assert len(pipeline.load_split(cfg, 'train')) == len(
       coco.load_coco(*splits['train'], filter_empty=True))
   assert len(pipeline.load_split(cfg, 'val')) == 3
+
+
+@pytest.fixture(scope='module')
+def prepared_keypoints(tmp_path_factory):
+  """(splits, TFDS data_dir) of a shapes folder with keypoints."""
+  root = str(tmp_path_factory.mktemp('shapes_keypoints'))
+  splits = shapes.write_shapes(root, num_train=8, num_val=2, image_size=40, seed=4,
+                               keypoints=True)
+  data_dir = str(tmp_path_factory.mktemp('tfds_keypoints'))
+  tfds_coco.prepare(root, data_dir)
+  return splits, data_dir
+
+
+@pytest.mark.parametrize('filter_empty, min_keypoints', [(False, 0), (True, 1), (False, 6)])
+def test_keypoints_and_their_filter_as_the_coco_files(prepared_keypoints, filter_empty,
+                                                      min_keypoints):
+  splits, data_dir = prepared_keypoints
+  dataset = tfds_coco.load_tfds(data_dir, 'train', filter_empty=filter_empty,
+                                min_keypoints=min_keypoints)
+  reference = coco.load_coco(*splits['train'], filter_empty=filter_empty,
+                             min_keypoints=min_keypoints)
+  assert dataset.keypoint_names == reference.keypoint_names == shapes.KEYPOINT_NAMES
+  assert dataset.skipped == reference.skipped
+  _assert_same_records(dataset.records, reference.records)
+  for r, q in zip(dataset.records, reference.records):
+    assert r.keypoint_names == q.keypoint_names
+    np.testing.assert_array_equal(r.keypoints, q.keypoints)
+  if min_keypoints == 6:
+    assert 0 < reference.skipped['few_keypoints'] < len(reference.records) + 8
+
+
+def test_without_keypoints_records_have_none(prepared):
+  _, _, data_dir = prepared
+  dataset = tfds_coco.load_tfds(data_dir, 'train', filter_empty=False)
+  assert dataset.keypoint_names == ()
+  assert all(r.keypoints is None for r in dataset.records)
