@@ -8,20 +8,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskrcnn_jax.config import default_config
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import pipeline
+from tests.data.test_loader import _batches_config
 
 BAD_ID = 4
 BATCH = 4  # 10 images: 3 steps an epoch, the last topped up
 
 
 def _config(**overrides):
-  c = default_config().data
-  c.update({**dict(resize_mode='shorter_side', min_size=32, max_size=64,
-                   train_min_sizes=(24, 32), image_size=(64, 64), extra_canvases=(),
-                   max_instances=2, mask_size=8, num_workers=0, prefetch=2), **overrides})
-  return c
+  return _batches_config(**{**dict(min_size=32, max_size=64, train_min_sizes=(24, 32),
+                                   image_size=(64, 64), extra_canvases=(), max_instances=2),
+                            **overrides})
 
 
 @pytest.fixture(scope='module')
