@@ -37,3 +37,16 @@ def compiler_options() -> dict[str, str] | None:
   if jax.default_backend() == 'cpu' and _cpu_options_compile():
     return dict(CPU_OPTIONS)
   return None
+
+
+def sum_roi_terms_in_loop() -> bool:
+  """Whether RoIAlign adds its G * G * 4 gathered neighbour terms in a loop (else unrolled).
+
+  The loop has a static trip count (G * G * 4) and is chosen on XLA:CPU only. There the
+  unrolled sum is one loop fusion, and XLA emits it a second time in the transposed
+  [C, S, S, R] layout that the next conv's kernel gradient reads, walking all the
+  gathered terms at a stride; the loop materialises the pooled features once in their
+  own layout and the transpose is a plain copy (docs/benchmarks.md, session 5). On GPU
+  and TPU the unrolled sum fuses into one kernel.
+  """
+  return jax.default_backend() == 'cpu'

@@ -192,13 +192,14 @@ class MaskRCNN(nn.Module):
         nms_threshold=c.roi_heads.nms_threshold,
         detections_per_image=c.roi_heads.detections_per_image,
         pre_nms_topk=c.roi_heads.pre_nms_topk)
+    shared = self._shared_pooled(roi_features, detections['boxes'])
     if c.mask_head.enabled:
-      mask_logits = self.mask_head(roi_features, detections['boxes'])
+      mask_logits = self.mask_head(roi_features, detections['boxes'], shared)
       detections['masks'] = postprocess.select_mask_probs(
           mask_logits, detections['classes'], mode=c.mask_loss)
     if c.keypoint_head.enabled:
       detections['keypoint_heatmaps'] = jnp.moveaxis(
-          self.keypoint_head(roi_features, detections['boxes']), -1, 2)
+          self.keypoint_head(roi_features, detections['boxes'], shared), -1, 2)
     return detections
 
   def losses(self, batch: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
@@ -253,8 +254,9 @@ class MaskRCNN(nn.Module):
     num_fg = int(c.roi_heads.batch_size_per_image * c.roi_heads.positive_fraction)
     fg = jax.tree.map(lambda x: x[:, :num_fg], roi_targets)
     terms = {'rpn_cls': rpn_cls, 'rpn_box': rpn_box, 'cls': cls, 'box': box}
+    shared = self._shared_pooled(roi_features, fg['rois'])
     if c.mask_head.enabled:
-      mask_logits = self.mask_head(roi_features, fg['rois'])
+      mask_logits = self.mask_head(roi_features, fg['rois'], shared)
       mask_targets = jax.vmap(functools.partial(
           mask_ops.mask_targets, output_size=c.mask_head.resolution))(
               batch['gt_masks'], gt_boxes, fg['rois'], fg['matched_gt'])
@@ -262,14 +264,37 @@ class MaskRCNN(nn.Module):
           *_merge_images(mask_logits, mask_targets, fg['labels'], fg['is_foreground']),
           mode=c.mask_loss, class_agnostic=c.class_agnostic_mask)
     if c.keypoint_head.enabled:
-      terms['keypoint'] = self._keypoint_loss(roi_features, fg, batch['gt_keypoints'])
+      terms['keypoint'] = self._keypoint_loss(roi_features, fg, batch['gt_keypoints'],
+                                              shared)
     terms['total'] = sum(terms.values())
     sampled = jnp.maximum(jnp.sum(roi_targets['roi_valid']), 1)
     terms['fg_fraction'] = jnp.sum(roi_targets['is_foreground']) / sampled
     return terms
 
+  def _shared_pooled(self, roi_features: list, boxes: jax.Array) -> jax.Array | None:
+    """RoI features for both the mask and the keypoint head, when they pool alike.
+
+    With both heads on the same boxes and the same pooled size (the other RoI settings are
+    shared by construction), pooling once gives each head exactly what its own pooling
+    would, and halves the gathers and their scatter-add gradient.
+
+    Args:
+      roi_features: per level [B, H_l, W_l, C] (P2..P5).
+      boxes: [B, R, 4] float32 x1y1x2y2 pixels.
+
+    Returns:
+      [B, R, S, S, C], or None when the heads pool on their own.
+    """
+    c = self.config
+    if not (c.mask_head.enabled and c.keypoint_head.enabled
+            and c.mask_head.pooled_size == c.keypoint_head.pooled_size):
+      return None
+    return roi_heads.pool_rois(roi_features, boxes, c.mask_head.pooled_size, c.roi_op,
+                               c.roi_align.sampling_ratio, c.roi_align.aligned,
+                               c.roi_pool.max_bin_cells, c.roi_align.max_sampling_ratio)
+
   def _keypoint_loss(self, roi_features: list, fg: dict[str, jax.Array],
-                     gt_keypoints: jax.Array) -> jax.Array:
+                     gt_keypoints: jax.Array, pooled: jax.Array | None = None) -> jax.Array:
     """The keypoint loss on the foreground prefix `fg` of the RoI targets.
 
     Args:
@@ -277,9 +302,10 @@ class MaskRCNN(nn.Module):
       fg: `roi_targets` sliced to its first F (foreground) slots: rois [B, F, 4],
         matched_gt [B, F], is_foreground [B, F].
       gt_keypoints: [B, N, K, 3] float32 x, y, visibility (resized frame).
+      pooled: optional [B, F, S, S, C] RoI features shared with the mask head.
     """
     k = self.config.keypoint_head
-    logits = self.keypoint_head(roi_features, fg['rois'])  # [B, F, H, H, K]
+    logits = self.keypoint_head(roi_features, fg['rois'], pooled)  # [B, F, H, H, K]
     matched = jnp.take_along_axis(gt_keypoints, fg['matched_gt'][..., None, None], axis=1)
     cells, valid = jax.vmap(functools.partial(
         keypoint_ops.keypoint_targets, heatmap_size=k.heatmap_size))(matched, fg['rois'])

@@ -159,16 +159,20 @@ class MaskHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features: Sequence[jax.Array], boxes: jax.Array) -> jax.Array:
+  def __call__(self, features: Sequence[jax.Array], boxes: jax.Array,
+               pooled: jax.Array | None = None) -> jax.Array:
     """Args:
       features: per level [B, H_l, W_l, C] (P2..P5).
       boxes: [B, R, 4] float32 x1y1x2y2 pixels.
+      pooled: optional [B, R, S, S, C]: `pool_rois` of `features` at `boxes` with this
+        head's settings, already computed (shared with the keypoint head).
 
     Returns:
       mask_logits: [B, R, 2S, 2S, K + 1 (or 1 if class_agnostic)] float32.
     """
-    x = pool_rois(features, boxes, self.pooled_size, self.roi_op, self.sampling_ratio,
-                  self.aligned, self.max_bin_cells, self.max_sampling_ratio)
+    x = pooled if pooled is not None else pool_rois(
+        features, boxes, self.pooled_size, self.roi_op, self.sampling_ratio, self.aligned,
+        self.max_bin_cells, self.max_sampling_ratio)
     batch, num_rois = x.shape[:2]
     x = x.reshape(batch * num_rois, *x.shape[2:])
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # as torchvision

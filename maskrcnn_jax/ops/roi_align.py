@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskrcnn_jax import xla_options
+
 
 def _bin_coordinates(start, bin_size, output_size, sampling_ratio, grid=None):
   """Sample coordinates along one axis, torchvision's order of float operations.
@@ -159,9 +161,14 @@ def _weighted_gather(flat_features: jax.Array, index: jax.Array, weight: jax.Arr
   """
   dtype = _accumulation_dtype(flat_features.dtype)
   index, weight = _terms_first(index), _terms_first(weight.astype(dtype))
-  total = 0.0
+  def add_term(term, total):
+    return total + weight[term][..., None] * flat_features[index[term]].astype(dtype)
+
+  total = jnp.zeros(index.shape[1:] + flat_features.shape[-1:], dtype)
+  if xla_options.sum_roi_terms_in_loop():
+    return jax.lax.fori_loop(0, index.shape[0], add_term, total)
   for term in range(index.shape[0]):  # unrolled: XLA fuses the sum of gathers
-    total = total + weight[term][..., None] * flat_features[index[term]].astype(dtype)
+    total = add_term(term, total)
   return total
 
 

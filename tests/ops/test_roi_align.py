@@ -272,3 +272,35 @@ def test_training_gradient_never_holds_the_neighbour_tensor():
   neighbour_bytes = output_bytes * ratio * ratio * 4
   temp = compiled.memory_analysis().temp_size_in_bytes
   assert temp < neighbour_bytes / 2, (temp, neighbour_bytes)
+
+
+@pytest.mark.parametrize('in_loop', [False, True])
+def test_both_term_sums_give_the_same_bits(in_loop, monkeypatch):
+  """The static-trip-count loop (XLA:CPU) and the unrolled sum (GPU, TPU) add the same
+  terms in the same order: identical values and gradients, the loop form present or not
+  in the compiled program as chosen."""
+  pyramid = [jnp.asarray(p) for p in _pyramid(np.random.default_rng(8))]
+  boxes = jnp.asarray(ML_BOXES, jnp.float32)
+  cotangent = jnp.asarray(np.random.default_rng(9).normal(size=ML_BOXES.shape[:2] + (3, 3, 2)),
+                          jnp.float32)
+
+  def value_and_grad(features):
+    out, vjp = jax.vjp(lambda q: roi_ops.multilevel_roi_align(q, boxes, 3, 2, True), features)
+    return out, vjp(cotangent)[0]
+
+  monkeypatch.setattr(roi_ops.xla_options, 'sum_roi_terms_in_loop', lambda: in_loop)
+  forward = jax.jit(lambda f: roi_ops.multilevel_roi_align(f, boxes, 3, 2, True))
+  loops = forward.lower(pyramid).compile().as_text().count(' while(')
+  assert loops == (1 if in_loop else 0)
+  out, grad = jax.jit(value_and_grad)(pyramid)
+  monkeypatch.setattr(roi_ops.xla_options, 'sum_roi_terms_in_loop', lambda: not in_loop)
+  other_out, other_grad = jax.jit(value_and_grad)(pyramid)
+  np.testing.assert_array_equal(out, other_out)
+  for g, h in zip(grad, other_grad):
+    np.testing.assert_array_equal(g, h)
+  levels = np.asarray(roi_ops.assign_levels(ML_BOXES))
+  for b in range(2):
+    for r in range(5):
+      reference = roi_align_ref(np.asarray(pyramid[levels[b, r] - 2][b]),
+                                ML_BOXES[b, r:r + 1], 3, 2.0**-levels[b, r], 2, True)
+      np.testing.assert_allclose(out[b, r], reference[0], atol=1e-5)
