@@ -40,9 +40,10 @@ def compiler_options() -> dict[str, str] | None:
 
 
 def sum_roi_terms_in_loop() -> bool:
-  """Whether RoIAlign adds its G * G * 4 gathered neighbour terms in a loop (else unrolled).
+  """Whether RoIAlign under differentiation adds its G * G * 4 gathered terms in a loop.
 
-  The loop has a static trip count (G * G * 4) and is chosen on XLA:CPU only. There the
+  Else unrolled, as always without differentiation (inference, exported programs). The
+  loop has a static trip count (G * G * 4) and is chosen on XLA:CPU only. There the
   unrolled sum is one loop fusion, and XLA emits it a second time in the transposed
   [C, S, S, R] layout that the next conv's kernel gradient reads, walking all the
   gathered terms at a stride; the loop materialises the pooled features once in their

@@ -159,15 +159,22 @@ def _weighted_gather(flat_features: jax.Array, index: jax.Array, weight: jax.Arr
   Returns:
     [R, S, S, C] in the accumulation dtype (float32, or float64 for float64 features).
   """
+  return _sum_of_terms(flat_features, index, weight, in_loop=False)
+
+
+def _sum_of_terms(flat_features, index, weight, in_loop: bool):
+  """`_weighted_gather`'s sum, unrolled (XLA fuses the gathers into it) or in a loop of
+  G * G * 4 iterations; the same terms added in the same order either way."""
   dtype = _accumulation_dtype(flat_features.dtype)
   index, weight = _terms_first(index), _terms_first(weight.astype(dtype))
+
   def add_term(term, total):
     return total + weight[term][..., None] * flat_features[index[term]].astype(dtype)
 
   total = jnp.zeros(index.shape[1:] + flat_features.shape[-1:], dtype)
-  if xla_options.sum_roi_terms_in_loop():
+  if in_loop:
     return jax.lax.fori_loop(0, index.shape[0], add_term, total)
-  for term in range(index.shape[0]):  # unrolled: XLA fuses the sum of gathers
+  for term in range(index.shape[0]):
     total = add_term(term, total)
   return total
 
@@ -178,7 +185,10 @@ def _accumulation_dtype(dtype):
 
 def _weighted_gather_forward(flat_features, index, weight):
   residuals = (index, weight, jnp.zeros((0,), flat_features.dtype), flat_features.shape)
-  return _weighted_gather(flat_features, index, weight), residuals
+  # Only under differentiation, where the choice matters (xla_options); inference and
+  # exported programs keep the unrolled sum, which every converter reads.
+  pooled = _sum_of_terms(flat_features, index, weight, xla_options.sum_roi_terms_in_loop())
+  return pooled, residuals
 
 
 def _terms_first(x):
