@@ -411,6 +411,21 @@ def read_image(record: ImageRecord) -> np.ndarray:
   return pixels
 
 
+def decode_mask(record: ImageRecord, index: int, c_order: bool = True) -> np.ndarray:
+  """Rasterizes instance `index` of the record: [height, width] uint8 in {0, 1}.
+
+  c_order=False leaves pycocotools' column-major array uncopied (see
+  `mask_ops.segmentation_to_mask`). A malformed segmentation raises CocoFormatError
+  naming the file and annotation id.
+  """
+  try:
+    return mask_ops.segmentation_to_mask(record.segmentations[index], record.height,
+                                         record.width, c_order=c_order)
+  except ValueError as e:
+    raise CocoFormatError(
+        f'{record.source}: annotation id {record.annotation_ids[index]}: {e}') from e
+
+
 def decode_masks(record: ImageRecord, indices: Sequence[int] | None = None) -> np.ndarray:
   """Rasterizes the record's instances (all, or those at `indices`).
 
@@ -420,10 +435,5 @@ def decode_masks(record: ImageRecord, indices: Sequence[int] | None = None) -> n
   indices = range(record.num_instances) if indices is None else indices
   masks = np.zeros((len(indices), record.height, record.width), np.uint8)
   for out, i in enumerate(indices):
-    try:
-      masks[out] = mask_ops.segmentation_to_mask(
-          record.segmentations[i], record.height, record.width)
-    except ValueError as e:
-      raise CocoFormatError(
-          f'{record.source}: annotation id {record.annotation_ids[i]}: {e}') from e
+    masks[out] = decode_mask(record, i, c_order=False)
   return masks

@@ -175,8 +175,8 @@ def _write_example(out: dict[str, np.ndarray], record: coco.ImageRecord,
     # A clipped box crops the original mask over the part of it that stays in the window.
     source_box = (augment.window_box_to_original(boxes[i], record.height, record.width, g)
                   if clipped[i] else record.boxes[i])
-    crop = mask_ops.crop_and_resize_mask(coco.decode_masks(record, [i])[0], source_box,
-                                         cfg.mask_size)
+    crop = mask_ops.crop_and_resize_mask(coco.decode_mask(record, i, c_order=False),
+                                         source_box, cfg.mask_size)
     if g.flip:
       crop = crop[:, ::-1]
     crops[slot] = crop.T if canvas.transpose else crop

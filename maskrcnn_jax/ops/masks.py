@@ -59,7 +59,8 @@ def _check_runs(runs: Sequence[int], height: int, width: int) -> None:
         f'{height * width}')
 
 
-def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+def segmentation_to_mask(segmentation: Any, height: int, width: int,
+                         c_order: bool = True) -> np.ndarray:
   """Rasterizes a COCO `segmentation` (host side, NumPy + pycocotools).
 
   Args:
@@ -68,6 +69,8 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarr
       RLE (`{'counts': list[int], 'size': [h, w]}`), as in COCO annotation files.
     height: image height in pixels.
     width: image width in pixels.
+    c_order: copy to row-major order; False: pycocotools' column-major array as it is
+      (for a caller that only reads part of it, such as `crop_and_resize_mask`).
 
   Returns:
     mask: [height, width] uint8 in {0, 1}.
@@ -105,7 +108,9 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarr
     raise ValueError(
         f'segmentation must be a list of polygons or an RLE dict; got '
         f'{type(segmentation).__name__}')
-  return np.ascontiguousarray(mask_util.decode(rle), dtype=np.uint8)
+  mask = mask_util.decode(rle)
+  return np.ascontiguousarray(mask, dtype=np.uint8) if c_order else mask.astype(np.uint8,
+                                                                                copy=False)
 
 
 def _linear_taps(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,13 +133,21 @@ def _linear_taps(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _bilinear_sample(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-  """Samples `image` [H, W] on the grid ys [h] x xs [w] -> [h, w] float64 (zeros outside)."""
+  """Samples `image` [H, W] on the grid ys [h] x xs [w] -> [h, w] float64 (zeros outside).
+
+  Reads only the window of `image` that the taps touch (copied once, row-major), and
+  gathers rows before columns.
+  """
   rows, row_weights = _linear_taps(ys, image.shape[0])
   cols, col_weights = _linear_taps(xs, image.shape[1])
+  top, left = rows.min(), cols.min()
+  window = np.ascontiguousarray(image[top:rows.max() + 1, left:cols.max() + 1])
+  rows, cols = rows - top, cols - left
   out = np.zeros((len(ys), len(xs)))
   for a in range(2):
+    band = window[rows[:, a]]
     for b in range(2):
-      taps = image[rows[:, a, None], cols[None, :, b]].astype(np.float64)
+      taps = band[:, cols[:, b]].astype(np.float64)
       out += row_weights[:, a, None] * col_weights[None, :, b] * taps
   return out
 

@@ -148,11 +148,14 @@ def crop_and_resize_reference(mask, box, size):
   return out
 
 
-def test_crop_and_resize_matches_reference():
+@pytest.mark.parametrize('order', ['C', 'F'])
+def test_crop_and_resize_matches_reference(order):
+  """Row-major masks and pycocotools' column-major ones (the input pipeline's) alike."""
   rng = np.random.default_rng(1)
-  mask = random_blob_mask(rng, 30, 40)
+  mask = np.asarray(random_blob_mask(rng, 30, 40), order=order)
   boxes = [
       (0.0, 0.0, 40.0, 30.0), (3.0, 5.0, 19.0, 21.0), (2.3, 4.7, 31.9, 12.2),
+      (-7.5, -3.2, 12.0, 9.0), (30.5, 20.1, 52.0, 41.0),  # partly outside
       (-6.5, -3.2, 12.4, 9.9), (30.2, 20.1, 47.0, 36.0), (10.0, 10.0, 10.5, 10.2),
       (50.0, 40.0, 60.0, 50.0),
   ]
