@@ -1,4 +1,6 @@
-"""XLA compiler options for the jitted model functions (train step, init, inference).
+"""Backend-specific choices, in one place: XLA compiler options for the jitted model
+functions (train step, init, inference) and the op forms chosen per backend
+(`sum_roi_terms_in_loop`).
 
 On XLA:CPU, jax 0.10 hands single dots, reduce fusions and convolutions to YNNPACK
 (its default `xla_cpu_experimental_ynn_fusion_type`). YNNPACK's convolution gradients
