@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_util
 
 from maskrcnn_jax.ops import masks as mask_ops
 
@@ -411,16 +412,14 @@ def read_image(record: ImageRecord) -> np.ndarray:
   return pixels
 
 
-def decode_mask(record: ImageRecord, index: int, c_order: bool = True) -> np.ndarray:
-  """Rasterizes instance `index` of the record: [height, width] uint8 in {0, 1}.
+def instance_rle(record: ImageRecord, index: int) -> dict[str, Any]:
+  """Instance `index` of the record as one compressed RLE (`mask_ops.segmentation_to_rle`).
 
-  c_order=False leaves pycocotools' column-major array uncopied (see
-  `mask_ops.segmentation_to_mask`). A malformed segmentation raises CocoFormatError
-  naming the file and annotation id.
+  A malformed segmentation raises CocoFormatError naming the file and annotation id.
   """
   try:
-    return mask_ops.segmentation_to_mask(record.segmentations[index], record.height,
-                                         record.width, c_order=c_order)
+    return mask_ops.segmentation_to_rle(record.segmentations[index], record.height,
+                                        record.width)
   except ValueError as e:
     raise CocoFormatError(
         f'{record.source}: annotation id {record.annotation_ids[index]}: {e}') from e
@@ -435,5 +434,5 @@ def decode_masks(record: ImageRecord, indices: Sequence[int] | None = None) -> n
   indices = range(record.num_instances) if indices is None else indices
   masks = np.zeros((len(indices), record.height, record.width), np.uint8)
   for out, i in enumerate(indices):
-    masks[out] = decode_mask(record, i, c_order=False)
+    masks[out] = mask_util.decode(instance_rle(record, i))
   return masks

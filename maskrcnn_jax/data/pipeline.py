@@ -41,7 +41,7 @@ from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import loader
 from maskrcnn_jax.data import transforms
 from maskrcnn_jax.ops import keypoints as keypoint_ops
-from maskrcnn_jax.ops import masks as mask_ops
+from maskrcnn_jax.ops import rle_crops
 
 PADDING_IMAGE_ID = -1
 CORRUPT_IMAGE_POLICIES = ('skip', 'fail')
@@ -170,16 +170,15 @@ def _write_example(out: dict[str, np.ndarray], record: coco.ImageRecord,
     kept = np.flatnonzero(keep)  # crowd flags and classes move with their instances
   kept = kept[:cfg.max_instances]
   n = len(kept)
-  crops = out['gt_masks']
-  for slot, i in enumerate(kept):
-    # A clipped box crops the original mask over the part of it that stays in the window.
-    source_box = (augment.window_box_to_original(boxes[i], record.height, record.width, g)
-                  if clipped[i] else record.boxes[i])
-    crop = mask_ops.crop_and_resize_mask(coco.decode_mask(record, i, c_order=False),
-                                         source_box, cfg.mask_size)
-    if g.flip:
-      crop = crop[:, ::-1]
-    crops[slot] = crop.T if canvas.transpose else crop
+  # A clipped box crops the original mask over the part of it that stays in the window.
+  source_boxes = np.array([
+      augment.window_box_to_original(boxes[i], record.height, record.width, g)
+      if clipped[i] else record.boxes[i] for i in kept], np.float64).reshape(n, 4)
+  crops = rle_crops.crop_and_resize_rles([coco.instance_rle(record, i) for i in kept],
+                                         source_boxes, cfg.mask_size)
+  if g.flip:
+    crops = crops[:, :, ::-1]
+  out['gt_masks'][:n] = crops.transpose(0, 2, 1) if canvas.transpose else crops
   boxes = boxes[kept]
   out['gt_boxes'][:n] = transforms.transpose_boxes(boxes) if canvas.transpose else boxes
   out['gt_classes'][:n] = record.classes[kept]

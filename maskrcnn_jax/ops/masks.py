@@ -28,40 +28,73 @@ def _check_polygon(polygon: Any) -> list[float]:
   return coords.tolist()
 
 
-def _decompress_counts(counts: bytes) -> list[int]:
-  """COCO compressed RLE string -> run lengths (pycocotools' `rleFrString`)."""
-  runs = []
-  pos = 0
-  while pos < len(counts):
-    value, shift, more = 0, 0, True
-    while more:
-      if pos >= len(counts):
-        raise ValueError('compressed RLE counts end in the middle of a number')
-      char = counts[pos] - 48
-      value |= (char & 0x1f) << shift
-      more = bool(char & 0x20)
-      pos += 1
-      shift += 5
-      if not more and char & 0x10:
-        value -= 1 << shift  # sign extension
-    if len(runs) > 2:  # runs after the third are stored as differences (sic, as pycocotools)
-      value += runs[-2]
-    runs.append(value)
-  return runs
+def _segment_cumsum(values: np.ndarray, segment_starts: np.ndarray) -> np.ndarray:
+  """Cumulative sums of `values` restarting at each of the sorted `segment_starts` (the
+  first is 0)."""
+  total = np.cumsum(values)
+  before = np.concatenate([[0], total[segment_starts[1:] - 1]])
+  lengths = np.diff(np.concatenate([segment_starts, [values.size]]))
+  return total - np.repeat(before, lengths)
 
 
-def _check_runs(runs: Sequence[int], height: int, width: int) -> None:
-  if any(run < 0 for run in runs):
+def decompress_counts(strings: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+  """COCO compressed RLE strings -> their run lengths, all at once (pycocotools'
+  `rleFrString`).
+
+  Each number is 5-bit groups, least significant first, 48 added to each; 0x20 marks a
+  group with more to come and 0x10 in the last group the sign. From the fourth on, a
+  number is stored as the difference from the one two before it (sic, as pycocotools).
+
+  Returns:
+    runs: [total] int64, the runs of every string in turn.
+    offsets: [len(strings) + 1] int64; string k's runs are runs[offsets[k]:offsets[k + 1]].
+
+  Raises:
+    ValueError: a string that ends in the middle of a number, or a number over 60 bits.
+  """
+  lengths = np.array([len(s) for s in strings], np.int64)
+  if not lengths.sum():
+    return np.zeros(0, np.int64), np.zeros(len(strings) + 1, np.int64)
+  chars = np.frombuffer(b''.join(strings), np.uint8).astype(np.int64) - 48
+  last = (chars & 0x20) == 0  # the last group of each number
+  if not np.all(last[np.cumsum(lengths)[lengths > 0] - 1]):
+    raise ValueError('compressed RLE counts end in the middle of a number')
+  ends = np.flatnonzero(last)
+  number_starts = np.concatenate([[0], ends[:-1] + 1])
+  group = np.arange(chars.size) - np.repeat(number_starts, ends - number_starts + 1)
+  if group.max() > 11:
+    raise ValueError('compressed RLE counts hold a number of more than 60 bits')
+  values = np.add.reduceat((chars & 0x1f) << (5 * group), number_starts)
+  values -= ((chars[ends] & 0x10) != 0) << (5 * (group[ends] + 1))  # sign extension
+  # Runs per string; from the fourth, run m = its value + run m - 2.
+  numbers_per_string = np.bincount(np.repeat(np.arange(len(strings)), lengths)[ends],
+                                   minlength=len(strings))
+  offsets = np.concatenate([[0], np.cumsum(numbers_per_string)])
+  starts = offsets[:-1][numbers_per_string > 0]
+  place = np.arange(values.size) - np.repeat(offsets[:-1], numbers_per_string)
+  odd, even = place % 2 == 1, (place % 2 == 0) & (place > 0)
+  runs = np.where(odd, _segment_cumsum(np.where(odd, values, 0), starts),
+                  np.where(even, _segment_cumsum(np.where(even, values, 0), starts), values))
+  return runs, offsets
+
+
+def _decompress_counts(counts: bytes) -> np.ndarray:
+  """One compressed RLE string -> its run lengths [m] int64 (`decompress_counts`)."""
+  return decompress_counts([counts])[0]
+
+
+def _check_runs(runs: Sequence[int] | np.ndarray, height: int, width: int) -> None:
+  runs = np.asarray(runs, np.int64)
+  if np.any(runs < 0):
     raise ValueError('RLE counts must be non-negative')
-  if sum(runs) != height * width:
+  if int(runs.sum()) != height * width:
     raise ValueError(
-        f'RLE counts sum to {sum(runs)} pixels, but the image has {height} x {width} = '
-        f'{height * width}')
+        f'RLE counts sum to {int(runs.sum())} pixels, but the image has {height} x '
+        f'{width} = {height * width}')
 
 
-def segmentation_to_mask(segmentation: Any, height: int, width: int,
-                         c_order: bool = True) -> np.ndarray:
-  """Rasterizes a COCO `segmentation` (host side, NumPy + pycocotools).
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+  """A COCO `segmentation`, checked, as one compressed RLE (host side, pycocotools).
 
   Args:
     segmentation: polygons (list of flat `[x0, y0, x1, y1, ...]` lists, merged into one
@@ -69,11 +102,9 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int,
       RLE (`{'counts': list[int], 'size': [h, w]}`), as in COCO annotation files.
     height: image height in pixels.
     width: image width in pixels.
-    c_order: copy to row-major order; False: pycocotools' column-major array as it is
-      (for a caller that only reads part of it, such as `crop_and_resize_mask`).
 
   Returns:
-    mask: [height, width] uint8 in {0, 1}.
+    {'counts': bytes, 'size': [height, width]}: column-major runs, starting with zeros.
 
   Raises:
     ValueError: malformed segmentation (a polygon with fewer than 3 points or an odd
@@ -84,33 +115,38 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int,
     if not segmentation:
       raise ValueError('polygon segmentation has no polygons')
     polygons = [_check_polygon(polygon) for polygon in segmentation]
-    rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
-  elif isinstance(segmentation, dict):
-    if set(segmentation) != {'counts', 'size'}:
-      raise ValueError(
-          f"RLE segmentation must have keys 'counts' and 'size'; got {sorted(segmentation)}")
-    size = [int(s) for s in segmentation['size']]
-    if size != [height, width]:
-      raise ValueError(f'RLE size {size} does not match the image size {[height, width]}')
-    counts = segmentation['counts']
-    if isinstance(counts, str):
-      counts = counts.encode('ascii')
-    if isinstance(counts, bytes):
-      # Checked here because pycocotools decodes a bad string past the end of its buffer.
-      _check_runs(_decompress_counts(counts), height, width)
-      rle = {'counts': counts, 'size': size}
-    elif isinstance(counts, (list, tuple)):
-      _check_runs([int(run) for run in counts], height, width)
-      rle = mask_util.frPyObjects({'counts': list(counts), 'size': size}, height, width)
-    else:
-      raise ValueError(f'RLE counts must be str, bytes or a list; got {type(counts).__name__}')
-  else:
+    return mask_util.merge(mask_util.frPyObjects(polygons, height, width))
+  if not isinstance(segmentation, dict):
     raise ValueError(
         f'segmentation must be a list of polygons or an RLE dict; got '
         f'{type(segmentation).__name__}')
-  mask = mask_util.decode(rle)
-  return np.ascontiguousarray(mask, dtype=np.uint8) if c_order else mask.astype(np.uint8,
-                                                                                copy=False)
+  if set(segmentation) != {'counts', 'size'}:
+    raise ValueError(
+        f"RLE segmentation must have keys 'counts' and 'size'; got {sorted(segmentation)}")
+  size = [int(s) for s in segmentation['size']]
+  if size != [height, width]:
+    raise ValueError(f'RLE size {size} does not match the image size {[height, width]}')
+  counts = segmentation['counts']
+  if isinstance(counts, str):
+    counts = counts.encode('ascii')
+  if isinstance(counts, bytes):
+    # Checked here because pycocotools decodes a bad string past the end of its buffer.
+    _check_runs(_decompress_counts(counts), height, width)
+    return {'counts': counts, 'size': size}
+  if isinstance(counts, (list, tuple)):
+    _check_runs([int(run) for run in counts], height, width)
+    return mask_util.frPyObjects({'counts': list(counts), 'size': size}, height, width)
+  raise ValueError(f'RLE counts must be str, bytes or a list; got {type(counts).__name__}')
+
+
+def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+  """Rasterizes a COCO `segmentation` (`segmentation_to_rle`'s arguments and errors).
+
+  Returns:
+    mask: [height, width] uint8 in {0, 1}, row-major.
+  """
+  mask = mask_util.decode(segmentation_to_rle(segmentation, height, width))
+  return np.ascontiguousarray(mask, dtype=np.uint8)
 
 
 def _linear_taps(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
