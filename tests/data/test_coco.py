@@ -1,5 +1,6 @@
 """Tests of data/coco.py: reading, crowd and empty images, bad input, the real COCO slice."""
 
+import io
 import json
 import logging
 
@@ -230,3 +231,27 @@ def test_evaluation_needs_area_and_iscrowd(tmp_path, field):
   with pytest.raises(coco.CocoFormatError, match=rf'ann\.json: annotation id 12: no {field}'):
     coco.check_evaluation_fields(path)
   coco.load_coco(path, image_dir, filter_empty=False)  # training does not need them
+
+
+def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, fmt, **kwargs)
+  return buffer.getvalue()
+
+
+def test_decode_pixels_is_pillows_rgb(coco_tiny):
+  """OpenCV's JPEG path and Pillow's fallbacks give Pillow's `convert('RGB')` pixels."""
+  paths = sorted((coco_tiny / 'val2017').glob('*.jpg'))[:20]
+  blobs = [path.read_bytes() for path in paths]
+  photo = Image.open(io.BytesIO(blobs[0]))
+  for orientation in (3, 6):  # "rotate 180", "rotate 90": read as stored, not rotated
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    blobs.append(_encoded(photo, 'JPEG', exif=exif))
+  blobs += [_encoded(photo.convert('L'), 'JPEG'), _encoded(photo, 'PNG'),
+            _encoded(photo.convert('CMYK'), 'JPEG')]
+  for blob in blobs:
+    expected = np.asarray(Image.open(io.BytesIO(blob)).convert('RGB'))
+    np.testing.assert_array_equal(coco.decode_pixels(blob), expected)
+  with pytest.raises(OSError, match='truncated'):
+    coco.decode_pixels(blobs[0][:len(blobs[0]) // 2])
