@@ -208,7 +208,12 @@ def _weighted_gather_backward(residuals, output_grad):
   def add_term(term, grad):
     return grad.at[index[term]].add(weight[term][..., None] * output_grad)
 
-  grad = jax.lax.fori_loop(0, index.shape[0], add_term, jnp.zeros(shape, dtype))
+  # The zero buffer is made from a value of output_grad so that it cannot exist before
+  # the backward pass: a buffer of zeros has no inputs, and XLA:CPU's scheduler filled
+  # it during the forward pass, one map-sized buffer per pooling held through its peak.
+  # (0 * |g| is +0 for any finite g; a non-finite g is a diverged step in any case.)
+  zeros = jnp.zeros(shape, dtype) * jnp.abs(output_grad.reshape(-1)[0]).astype(dtype)
+  grad = jax.lax.fori_loop(0, index.shape[0], add_term, zeros)
   return grad.astype(dtype_carrier.dtype), None, None
 
 
