@@ -8,9 +8,16 @@ run ~2.4x slower than XLA's own (Eigen) convolutions: a 3x3 conv on [128, 14, 14
 takes 0.74 s against 0.31 s for its value and both gradients on 2 cores, and the
 R50-FPN 512x512 train step 7.7 s against 4.1 s. So on the CPU our jits keep YNNPACK
 for dots and reductions and leave convolutions to XLA; inference is unchanged or a
-little faster (forward 1.2-1.3 s against 1.3-1.4 s). The options are per jit, so
-nothing else in the process changes; a jaxlib that does not know them gets none (with
-a warning) instead of failing to compile.
+little faster (forward 1.2-1.3 s against 1.3-1.4 s).
+
+XLA:CPU's default (concurrency-optimized) scheduler makes the transposed copies of the
+saved activations that the kernel-gradient convolutions read early, in the forward pass,
+and holds them to the backward beside the originals. Its memory-optimized scheduler
+orders the same program for the smallest live set: the same values, a train step that
+is no slower and needs much less temp memory (docs/benchmarks.md, "sessions 7-8").
+
+The options are per jit, so nothing else in the process changes; a jaxlib that does
+not know them gets none (with a warning) instead of failing to compile.
 """
 
 import functools
@@ -20,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
-               'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+               'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE',
+               'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
 
 
 @functools.cache
