@@ -1,6 +1,6 @@
 """Backend-specific choices, in one place: XLA compiler options for the jitted model
 functions (train step, init, inference) and the op forms chosen per backend
-(`sum_roi_terms_in_loop`).
+(`sum_roi_terms_in_loop`, `keep_last_frozen_output`).
 
 On XLA:CPU, jax 0.10 hands single dots, reduce fusions and convolutions to YNNPACK
 (its default `xla_cpu_experimental_ynn_fusion_type`). YNNPACK's convolution gradients
@@ -59,5 +59,18 @@ def sum_roi_terms_in_loop() -> bool:
   gathered terms at a stride; the loop materialises the pooled features once in their
   own layout and the transpose is a plain copy (docs/benchmarks.md, session 5). On GPU
   and TPU the unrolled sum fuses into one kernel.
+  """
+  return jax.default_backend() == 'cpu'
+
+
+def keep_last_frozen_output() -> bool:
+  """Whether the train step gives the backbone's last frozen output (C2 in the 1x
+  config) a buffer of its own that its backward consumers read.
+
+  Chosen on XLA:CPU only. There fusion recomputes that tensor inside every consumer
+  in the backward pass (the kernel gradients of the FPN's lateral conv and of the next
+  stage's first block) from its stage's four 1x1-conv outputs, and so holds those four
+  tensors to the end of the step instead of the one it needs (resnet.py,
+  `_last_frozen_output`). Not measured on GPU or TPU, which keep the plain tensor.
   """
   return jax.default_backend() == 'cpu'

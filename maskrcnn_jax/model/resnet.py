@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax import xla_options
+
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGES = (2, 3, 4, 5)  # res2..res5 produce C2..C5
 
@@ -253,6 +255,8 @@ class ResNet(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=_CONV_INIT)
 
     x = Stem(conv, norm, self.base_width, name='stem')(images)
+    if self.freeze_at == 1:
+      x = _last_frozen_output(x)
     if self.freeze_at >= 1:
       x = jax.lax.stop_gradient(x)
     outputs = {}
@@ -263,7 +267,36 @@ class ResNet(nn.Module):
                    stride=1 if i == 0 else 2, bottleneck=self.depth >= 50,
                    stride_in_1x1=self.stride_in_1x1, conv=conv, norm=norm,
                    out_channels=4 * planes, groups=self.groups, name=f'res{stage}')(x)
+      if self.freeze_at == stage:
+        x = _last_frozen_output(x)
       if self.freeze_at >= stage:
         x = jax.lax.stop_gradient(x)
       outputs[f'c{stage}'] = x
     return outputs
+
+
+@jax.custom_vjp
+def _last_frozen_output(x: jax.Array) -> jax.Array:
+  """Identity on [B, H, W, C]: the frozen stages' output, where gradients stop.
+
+  Under differentiation, where `xla_options.keep_last_frozen_output()` chooses it, the
+  forward pass writes the tensor's own first pixel back into it with a
+  dynamic_update_slice: the same values, which XLA does not fold away, and which end
+  the fused elementwise chain there. Without it XLA:CPU recomputes the tensor inside
+  each backward consumer from its last blocks' conv outputs and keeps those alive to
+  the end of the step instead of the tensor.
+  """
+  return x
+
+
+def _last_frozen_output_forward(x):
+  if xla_options.keep_last_frozen_output():
+    x = jax.lax.dynamic_update_slice(x, x[:, :1, :1, :], (0, 0, 0, 0))
+  return x, None
+
+
+def _last_frozen_output_backward(_, output_grad):
+  return (output_grad,)
+
+
+_last_frozen_output.defvjp(_last_frozen_output_forward, _last_frozen_output_backward)
