@@ -69,8 +69,9 @@ def keep_last_frozen_output() -> bool:
 
   Chosen on XLA:CPU only. There fusion recomputes that tensor inside every consumer
   in the backward pass (the kernel gradients of the FPN's lateral conv and of the next
-  stage's first block) from its stage's four 1x1-conv outputs, and so holds those four
-  tensors to the end of the step instead of the one it needs (resnet.py,
-  `_last_frozen_output`). Not measured on GPU or TPU, which keep the plain tensor.
+  stage's first block) from its stage's conv outputs (four 1x1-conv outputs for an
+  R50's res2), and so holds those to the end of the step instead of the one tensor it
+  needs (resnet.py, `_last_frozen_output`). Not measured on GPU or TPU, which keep the
+  plain tensor.
   """
   return jax.default_backend() == 'cpu'

@@ -11,7 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from maskrcnn_jax import parallel
+from maskrcnn_jax import train
+from maskrcnn_jax import xla_options
+from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.model import resnet
+from tests.conftest import load_config
 
 # torchvision resnet{depth}(): all parameters minus the 1000-way fc layer.
 TORCHVISION_BODY_PARAMETERS = {
@@ -148,9 +153,6 @@ def test_train_step_keeps_the_last_frozen_output_with_the_same_update(monkeypatc
   Same step bit for bit, less temp memory than with the plain tensor; inference (no
   differentiation) compiles without the extra op.
   """
-  from maskrcnn_jax import parallel, train, xla_options  # pylint: disable=import-outside-toplevel
-  from maskrcnn_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from tests.conftest import load_config  # pylint: disable=import-outside-toplevel
   assert xla_options.keep_last_frozen_output()
   config = load_config('tiny')
   config.model.backbone.depth, config.model.backbone.freeze_at = 50, 2
