@@ -254,11 +254,7 @@ class ResNet(nn.Module):
       raise ValueError(f"norm must be 'frozen_bn' or 'group_norm'; got {self.norm!r}")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=_CONV_INIT)
 
-    x = Stem(conv, norm, self.base_width, name='stem')(images)
-    if self.freeze_at == 1:
-      x = _last_frozen_output(x)
-    if self.freeze_at >= 1:
-      x = jax.lax.stop_gradient(x)
+    x = self._frozen_at(1, Stem(conv, norm, self.base_width, name='stem')(images))
     outputs = {}
     for i, (stage, num_blocks) in enumerate(zip(STAGES, STAGE_BLOCKS[self.depth])):
       planes = self.base_width * 2**i
@@ -267,12 +263,17 @@ class ResNet(nn.Module):
                    stride=1 if i == 0 else 2, bottleneck=self.depth >= 50,
                    stride_in_1x1=self.stride_in_1x1, conv=conv, norm=norm,
                    out_channels=4 * planes, groups=self.groups, name=f'res{stage}')(x)
-      if self.freeze_at == stage:
-        x = _last_frozen_output(x)
-      if self.freeze_at >= stage:
-        x = jax.lax.stop_gradient(x)
+      x = self._frozen_at(stage, x)
       outputs[f'c{stage}'] = x
     return outputs
+
+  def _frozen_at(self, level: int, x: jax.Array) -> jax.Array:
+    """The output of level 1 (stem) .. 5 (res5): gradients stop there up to freeze_at."""
+    if self.freeze_at == level:
+      x = _last_frozen_output(x)
+    if self.freeze_at >= level:
+      x = jax.lax.stop_gradient(x)
+    return x
 
 
 @jax.custom_vjp
