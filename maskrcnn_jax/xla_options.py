@@ -1,6 +1,6 @@
 """Backend-specific choices, in one place: XLA compiler options for the jitted model
 functions (train step, init, inference) and the op forms chosen per backend
-(`sum_roi_terms_in_loop`, `keep_last_frozen_output`).
+(`sum_roi_terms_in_loop`, `keep_last_frozen_output`, `order_layer_gradients`).
 
 On XLA:CPU, jax 0.10 hands single dots, reduce fusions and convolutions to YNNPACK
 (its default `xla_cpu_experimental_ynn_fusion_type`). YNNPACK's convolution gradients
@@ -73,5 +73,17 @@ def keep_last_frozen_output() -> bool:
   R50's res2), and so holds those to the end of the step instead of the one tensor it
   needs (resnet.py, `_last_frozen_output`). Not measured on GPU or TPU, which keep the
   plain tensor.
+  """
+  return jax.default_backend() == 'cpu'
+
+
+def order_layer_gradients() -> bool:
+  """Whether the train step ties each layer's gradients together in the backward pass
+  (`model.gradient_order.layer_boundary`): the input gradient after the layer's kernel
+  and bias gradients, the kernel gradient after the input gradient.
+
+  Chosen on XLA:CPU only, where its scheduler otherwise leaves the bias-gradient
+  reductions to the end of the step and holds the cotangents they read, and where the
+  copies of the donated kernels are measured. Not measured on GPU or TPU.
   """
   return jax.default_backend() == 'cpu'

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax.model import gradient_order
 from maskrcnn_jax.model import roi_heads
 
 
@@ -88,11 +89,13 @@ class KeypointHead(nn.Module):
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # as torchvision
     for i in range(1, self.num_convs + 1):
       x = nn.relu(nn.Conv(self.conv_dim, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                          kernel_init=init, name=f'keypoint_fcn{i}')(x))
+                          kernel_init=init, promote_dtype=gradient_order.promote_dtype,
+                          name=f'keypoint_fcn{i}')(x))
     # PyTorch's ConvTranspose2d(4, stride 2, padding 1): the dilated input padded by
     # 4 - 1 - 1 = 2 on each side, so the output is exactly twice the input.
     x = nn.ConvTranspose(self.num_keypoints, (4, 4), strides=(2, 2),
                          padding=((2, 2), (2, 2)), dtype=self.dtype, kernel_init=init,
+                         promote_dtype=gradient_order.promote_dtype,
                          name='kps_score_lowres')(x)
     x = upsample_bilinear_2x(x.astype(jnp.float32))
     return x.reshape(batch, num_rois, *x.shape[1:])

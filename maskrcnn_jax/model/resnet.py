@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from maskrcnn_jax import xla_options
+from maskrcnn_jax.model import gradient_order
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGES = (2, 3, 4, 5)  # res2..res5 produce C2..C5
@@ -252,7 +253,8 @@ class ResNet(nn.Module):
                                epsilon=1e-5, dtype=dtype)  # torch's GroupNorm eps
     else:
       raise ValueError(f"norm must be 'frozen_bn' or 'group_norm'; got {self.norm!r}")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=_CONV_INIT)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=_CONV_INIT,
+                             promote_dtype=gradient_order.promote_dtype)
 
     x = self._frozen_at(1, Stem(conv, norm, self.base_width, name='stem')(images))
     outputs = {}

@@ -21,12 +21,14 @@ kernels are [out, in, kh, kw] transposed to [kh, kw, in, out].
   axes (kernel = w.transpose(2, 3, 0, 1)[::-1, ::-1]).
 """
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax.model import gradient_order
 from maskrcnn_jax.ops import roi_align as roi_ops
 
 
@@ -93,13 +95,15 @@ class BoxHead(nn.Module):
                   self.aligned, self.max_bin_cells, self.max_sampling_ratio)
     batch, num_rois = x.shape[:2]
     x = jnp.moveaxis(x, -1, 2).reshape(batch, num_rois, -1)  # PyTorch's (C, S, S) flatten
-    x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name='fc6')(x))
-    x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name='fc7')(x))
+    dense = functools.partial(nn.Dense, dtype=self.dtype,
+                              promote_dtype=gradient_order.promote_dtype)
+    x = nn.relu(dense(self.fc_dim, name='fc6')(x))
+    x = nn.relu(dense(self.fc_dim, name='fc7')(x))
     num_outputs = self.num_classes + 1
-    class_logits = nn.Dense(num_outputs, dtype=self.dtype,
-                            kernel_init=nn.initializers.normal(stddev=0.01), name='cls_score')(x)
-    box_deltas = nn.Dense(num_outputs * 4, dtype=self.dtype,
-                          kernel_init=nn.initializers.normal(stddev=0.001), name='bbox_pred')(x)
+    class_logits = dense(num_outputs, kernel_init=nn.initializers.normal(stddev=0.01),
+                         name='cls_score')(x)
+    box_deltas = dense(num_outputs * 4, kernel_init=nn.initializers.normal(stddev=0.001),
+                       name='bbox_pred')(x)
     return (class_logits.astype(jnp.float32),
             box_deltas.astype(jnp.float32).reshape(batch, num_rois, num_outputs, 4))
 
@@ -127,10 +131,11 @@ class Upsample2x(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (2, 2, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     # nn.ConvTranspose (transpose_kernel=False) applies the kernel flipped in space.
-    kernel = kernel[::-1, ::-1].astype(self.dtype)
-    y = jnp.einsum('nhwc,ijcd->nhiwjd', x.astype(self.dtype), kernel)
+    x, kernel, bias = gradient_order.layer_boundary(
+        x.astype(self.dtype), kernel[::-1, ::-1].astype(self.dtype), bias.astype(self.dtype))
+    y = jnp.einsum('nhwc,ijcd->nhiwjd', x, kernel)
     n, h, _, w, _, d = y.shape
-    return y.reshape(n, 2 * h, 2 * w, d) + bias.astype(self.dtype)
+    return y.reshape(n, 2 * h, 2 * w, d) + bias
 
 
 class MaskHead(nn.Module):
@@ -178,10 +183,11 @@ class MaskHead(nn.Module):
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # as torchvision
     for i in range(1, self.num_convs + 1):
       x = nn.relu(nn.Conv(self.conv_dim, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                          kernel_init=init, name=f'mask_fcn{i}')(x))
+                          kernel_init=init, promote_dtype=gradient_order.promote_dtype,
+                          name=f'mask_fcn{i}')(x))
     x = nn.relu(Upsample2x(self.conv_dim, kernel_init=init, dtype=self.dtype,
                            name='conv5_mask')(x))
     num_outputs = 1 if self.class_agnostic else self.num_classes + 1
     x = nn.Conv(num_outputs, (1, 1), dtype=self.dtype, kernel_init=init,
-                name='mask_fcn_logits')(x)
+                promote_dtype=gradient_order.promote_dtype, name='mask_fcn_logits')(x)
     return x.astype(jnp.float32).reshape(batch, num_rois, *x.shape[1:])

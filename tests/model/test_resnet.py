@@ -14,9 +14,8 @@ import pytest
 from maskrcnn_jax import parallel
 from maskrcnn_jax import train
 from maskrcnn_jax import xla_options
-from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.model import resnet
-from tests.conftest import load_config
+from tests.conftest import r50_tiny_heads_train_case
 
 # torchvision resnet{depth}(): all parameters minus the 1000-way fc layer.
 TORCHVISION_BODY_PARAMETERS = {
@@ -154,15 +153,7 @@ def test_train_step_keeps_the_last_frozen_output_with_the_same_update(monkeypatc
   differentiation) compiles without the extra op.
   """
   assert xla_options.keep_last_frozen_output()
-  config = load_config('tiny')
-  config.model.backbone.depth, config.model.backbone.freeze_at = 50, 2
-  config.data.image_size, config.train.batch_size = (256, 256), 1
-  batch = pipeline.empty_batch(1, config.data)
-  batch['image_info'][:, :3] = [256, 256, 1.0]
-  batch['images'][:] = np.random.default_rng(0).integers(0, 256, batch['images'].shape)
-  batch['gt_boxes'][:, :2] = [[4, 4, 140, 100], [60, 90, 250, 200]]
-  batch['gt_classes'][:, :2] = [1, 3]
-  batch['gt_masks'][:, :2] = 1
+  config, batch = r50_tiny_heads_train_case()
   mesh = parallel.data_mesh()
   temp_bytes, updates = {}, {}
   for keep in (True, False):
