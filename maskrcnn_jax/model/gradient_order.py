@@ -19,8 +19,10 @@ together with terms that are exactly zero:
 The tanh keeps the tie a scalar of its own: XLA does not fuse an expensive op into the
 consumers that broadcast it, so the update reads one float, not the whole input
 gradient, and the input gradient is freed where the backward pass is done with it.
-For finite gradients the values are unchanged (x + 0 * tanh(s) == x); a NaN spreads to
-the layer's other gradients, which a NaN loss already has.
+For finite gradients the ties change no value (x + 0 * tanh(s) == x); a NaN spreads to
+the layer's other gradients, which a NaN loss already has. XLA may fuse the reductions
+next to a tie differently, so a sum can come out in its last bits (docs/benchmarks.md,
+session 9).
 
 `promote_dtype` is Flax's own with the boundary appended, for the `promote_dtype`
 attribute of nn.Conv, nn.Dense and nn.ConvTranspose.
