@@ -69,8 +69,8 @@ def test_boundary_is_the_identity_with_the_same_gradients(monkeypatch):
     monkeypatch.setattr(xla_options, 'order_layer_gradients', lambda o=ordered: o)
     grads, x_grad = jax.jit(jax.grad(_loss, argnums=(0, 1)))(params, x, target)
     np.testing.assert_array_equal(x_grad, expected_x)
-    np.testing.assert_array_equal(grads['params']['up']['kernel'],
-                                  expected_params['params']['kernel'])
+    for leaf in ('kernel', 'bias'):
+      np.testing.assert_array_equal(grads['params']['up'][leaf], expected_params['params'][leaf])
     for name in ('conv0', 'conv1', 'dense'):
       for leaf in ('kernel', 'bias'):
         np.testing.assert_array_equal(grads['params'][name][leaf],
