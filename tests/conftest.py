@@ -58,6 +58,21 @@ def r50_tiny_heads_train_case() -> tuple[ml_collections.ConfigDict, dict]:
   return config, batch
 
 
+def compile_and_run_train_step(config: ml_collections.ConfigDict, batch: dict) -> tuple:
+  """One compiled train step from a fresh state (key 0) on `batch` (key 1).
+
+  Returns (the compiled step, the leaves of (new params, metrics)), for tests that
+  compare the program and the update of two forms of the step.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from maskrcnn_jax import parallel, train  # pylint: disable=import-outside-toplevel
+  model, optimizer, state = train.create_train_state(config, jax.random.key(0))
+  step = train.jit_train_step(model, optimizer, config.train, parallel.data_mesh())
+  compiled = step.lower(state, batch, jax.random.key(1)).compile()
+  new_state, metrics = compiled(state, batch, jax.random.key(1))
+  return compiled, jax.tree.leaves((new_state.params, metrics))
+
+
 def reduced_detectron2_config() -> ml_collections.ConfigDict:
   """configs/detectron2/mask_rcnn_R_50_FPN_1x.py at the Detectron2 recorders' widths.
 
