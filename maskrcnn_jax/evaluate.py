@@ -209,9 +209,9 @@ class Evaluator:
       return dict(outputs, image_info=image_info, image_id=image_id)
 
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    self.forward = jax.jit(forward, in_shardings=(replicated, sharded, sharded, sharded),
-                           out_shardings=replicated,
-                           compiler_options=xla_options.compiler_options())
+    self.forward = xla_options.jit(forward,
+                                   in_shardings=(replicated, sharded, sharded, sharded),
+                                   out_shardings=replicated)
 
   def _host_results(self, outputs: dict[str, jax.Array], processes: Any
                     ) -> tuple[list[dict], list[dict]]:

@@ -48,8 +48,7 @@ class Predictor:
     self._variables = jax.device_put(variables)
     self._class_to_id = serving.category_ids_of_classes(config.model.num_classes,
                                                         category_ids)
-    self._forward = jax.jit(mask_rcnn.MaskRCNN(config.model).apply,
-                            compiler_options=xla_options.compiler_options())
+    self._forward = xla_options.jit(mask_rcnn.MaskRCNN(config.model).apply)
 
   @property
   def num_compilations(self) -> int:

@@ -41,15 +41,19 @@ def init_variables(model: mask_rcnn.MaskRCNN, image_size: tuple[int, int],
   Compiled: initialising op by op takes a minute for ResNet-50 on a 2-core CPU.
   """
   height, width = image_size
-  init = jax.jit(model.init, compiler_options=xla_options.compiler_options())
+  init = xla_options.jit(model.init)
   return init(key, np.zeros((1, height, width, 3), np.uint8),
               np.array([[height, width, 1.0, 0.0, 0.0]], np.float32))
 
 
 def create_train_state(config: ml_collections.ConfigDict, key: jax.Array
                        ) -> tuple[mask_rcnn.MaskRCNN, optax.GradientTransformation, TrainState]:
-  """The model, its optimizer and a freshly initialised state for `config`."""
-  model = mask_rcnn.MaskRCNN(config.model)
+  """The model, its optimizer and a freshly initialised state for `config`.
+
+  The model takes this backend's RoIAlign form (`xla_options.roi_align_sum_in_loop`).
+  """
+  model = mask_rcnn.MaskRCNN(config.model,
+                             roi_align_sum_in_loop=xla_options.roi_align_sum_in_loop())
   variables = init_variables(model, tuple(config.data.image_size), key)
   optimizer = optimizer_lib.make_optimizer(config.train, variables['params'],
                                            config.model.backbone.freeze_at)
@@ -86,12 +90,11 @@ def jit_train_step(model: mask_rcnn.MaskRCNN, optimizer: optax.GradientTransform
                    train: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """`train_step` compiled once: state and key replicated, batch sharded on 'data'."""
   replicated = parallel.replicated(mesh)
-  return jax.jit(
+  return xla_options.jit(
       functools.partial(train_step, model, optimizer,
                         optimizer_lib.learning_rate_schedule(train)),
       in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
-      out_shardings=(replicated, replicated), donate_argnums=0,
-      compiler_options=xla_options.compiler_options())
+      out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 def init_from_checkpoint(variables: dict[str, Any], loaded: dict[str, Any], source: str

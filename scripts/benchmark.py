@@ -312,7 +312,7 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
                      time_calls(predict_once, steps, warmup), batch_size))
     extra = {'detections_per_image': float(np.mean([len(d['scores']) for d in detections]))}
     inputs = jax.device_put((np.stack(images), synthetic_image_info(batch_size, config)))
-    forward = jax.jit(model.apply, compiler_options=xla_options.compiler_options())
+    forward = xla_options.jit(model.apply)
     compiled, stats = compile_timed(forward, variables, *inputs)
     timing = time_calls(lambda: jax.block_until_ready(compiled(variables, *inputs)),
                         steps, warmup)

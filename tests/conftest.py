@@ -39,40 +39,6 @@ def load_config(name: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def r50_tiny_heads_train_case() -> tuple[ml_collections.ConfigDict, dict]:
-  """configs/tiny.py with an R50 body (res2 frozen) at 256^2, batch 1, and one batch.
-
-  Two boxes with full masks on random pixels: a whole train step in ~15 s on 2 cores,
-  for tests that compare two compiled forms of that step.
-  """
-  from maskrcnn_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  config = load_config('tiny')
-  config.model.backbone.depth, config.model.backbone.freeze_at = 50, 2
-  config.data.image_size, config.train.batch_size = (256, 256), 1
-  batch = pipeline.empty_batch(1, config.data)
-  batch['image_info'][:, :3] = [256, 256, 1.0]
-  batch['images'][:] = np.random.default_rng(0).integers(0, 256, batch['images'].shape)
-  batch['gt_boxes'][:, :2] = [[4, 4, 140, 100], [60, 90, 250, 200]]
-  batch['gt_classes'][:, :2] = [1, 3]
-  batch['gt_masks'][:, :2] = 1
-  return config, batch
-
-
-def compile_and_run_train_step(config: ml_collections.ConfigDict, batch: dict) -> tuple:
-  """One compiled train step from a fresh state (key 0) on `batch` (key 1).
-
-  Returns (the compiled step, the leaves of (new params, metrics)), for tests that
-  compare the program and the update of two forms of the step.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  from maskrcnn_jax import parallel, train  # pylint: disable=import-outside-toplevel
-  model, optimizer, state = train.create_train_state(config, jax.random.key(0))
-  step = train.jit_train_step(model, optimizer, config.train, parallel.data_mesh())
-  compiled = step.lower(state, batch, jax.random.key(1)).compile()
-  new_state, metrics = compiled(state, batch, jax.random.key(1))
-  return compiled, jax.tree.leaves((new_state.params, metrics))
-
-
 def reduced_detectron2_config() -> ml_collections.ConfigDict:
   """configs/detectron2/mask_rcnn_R_50_FPN_1x.py at the Detectron2 recorders' widths.
 

@@ -19,6 +19,7 @@ import pytest
 from maskrcnn_jax import convert
 from maskrcnn_jax import convert_detectron2
 from maskrcnn_jax.model import fpn
+from maskrcnn_jax.model import poolers
 from maskrcnn_jax.model import resnet
 from maskrcnn_jax.model import roi_heads
 from maskrcnn_jax.model import rpn
@@ -59,11 +60,9 @@ def _check_outputs(data, sizes, variables):
                        stride_in_1x1=sizes['stride_in_1x1'] == 'True')
   pyramid = fpn.FPN(channels=int(sizes['fpn']))
   rpn_head = rpn.RPNHead(num_anchors=3)
-  roi = dict(roi_op='align', sampling_ratio=2, aligned=True, max_bin_cells=8)
-  box_head = roi_heads.BoxHead(num_classes=num_classes, fc_dim=int(sizes['fc_dim']),
-                               pooled_size=7, **roi)
-  mask_head = roi_heads.MaskHead(num_classes=num_classes, conv_dim=int(sizes['conv_dim']),
-                                 pooled_size=14, **roi)
+  box_pooler, mask_pooler = poolers.RoIPooler(7), poolers.RoIPooler(14)
+  box_head = roi_heads.BoxHead(num_classes=num_classes, fc_dim=int(sizes['fc_dim']))
+  mask_head = roi_heads.MaskHead(num_classes=num_classes, conv_dim=int(sizes['conv_dim']))
   # Detectron2 normalizes BGR by its PIXEL_MEAN / PIXEL_STD; the converted stem takes RGB.
   mean_rgb = np.array(eval(sizes['pixel_mean_bgr'])[::-1], np.float32)  # pylint: disable=eval-used
   std_rgb = np.array(eval(sizes['pixel_std_bgr'])[::-1], np.float32)  # pylint: disable=eval-used
@@ -78,8 +77,8 @@ def _check_outputs(data, sizes, variables):
     features = pyramid.apply(sub('fpn'), body.apply(sub('backbone'), images))
     levels = [features[f'p{l}'] for l in range(2, 7)]
     objectness, deltas = rpn_head.apply(sub('rpn'), levels)
-    class_logits, box_deltas = box_head.apply(sub('box_head'), levels[:4], boxes)
-    mask_logits = mask_head.apply(sub('mask_head'), levels[:4], boxes)
+    class_logits, box_deltas = box_head.apply(sub('box_head'), box_pooler(levels[:4], boxes))
+    mask_logits = mask_head.apply(sub('mask_head'), mask_pooler(levels[:4], boxes))
     return features, objectness, deltas, class_logits, box_deltas, mask_logits
 
   variables = jax.tree.map(jnp.asarray, variables)

@@ -15,8 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskrcnn_jax.model import gradient_order
-
 LEVELS = (2, 3, 4, 5)
 
 # torchvision initialises the FPN convs with kaiming_uniform_(a=1) and zero biases.
@@ -67,14 +65,12 @@ class FPN(nn.Module):
     top_down = None
     for level in reversed(LEVELS):
       x = nn.Conv(self.channels, (1, 1), dtype=dtype, kernel_init=_CONV_INIT,
-                  promote_dtype=gradient_order.promote_dtype,
                   name=f'lateral{level}')(features[f'c{level}'])
       if top_down is not None:
         x = x + upsample_nearest(top_down, x.shape[1], x.shape[2])
       top_down = x
       outputs[f'p{level}'] = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)),
                                      dtype=dtype, kernel_init=_CONV_INIT,
-                                     promote_dtype=gradient_order.promote_dtype,
                                      name=f'output{level}')(x)
     outputs['p6'] = outputs['p5'][:, ::2, ::2]
     return {f'p{level}': outputs[f'p{level}'] for level in (*LEVELS, 6)}

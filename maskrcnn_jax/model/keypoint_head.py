@@ -1,4 +1,4 @@
-"""Keypoint head over RoI features from P2..P5 (the paper's section 5; Keypoint R-CNN).
+"""Keypoint head over pooled RoI features (the paper's section 5; Keypoint R-CNN).
 
 One heatmap per keypoint over each RoI: 8 x (3x3 conv, 512, ReLU) on 14 x 14 RoIAlign
 features, a 4x4 stride-2 transposed conv to K channels (28 x 28) and 2x bilinear
@@ -13,14 +13,11 @@ Parameter names and the torchvision `keypointrcnn_resnet50_fpn` keys they conver
   to (kh, kw, in, out) and flipped in both spatial axes (convert.deconv_kernel).
 """
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from maskrcnn_jax.model import gradient_order
-from maskrcnn_jax.model import roi_heads
 
 
 def upsample_bilinear_2x(x: jax.Array) -> jax.Array:
@@ -53,49 +50,31 @@ class KeypointHead(nn.Module):
     num_keypoints: K.
     conv_dim: channels of the 3x3 convs (512).
     num_convs: number of 3x3 convs (8).
-    pooled_size: RoI feature size S (14); logits are 4S x 4S.
-    roi_op, sampling_ratio, aligned, max_bin_cells, max_sampling_ratio: see
-      `roi_heads.pool_rois`.
     dtype: compute dtype; outputs are float32.
   """
   num_keypoints: int
   conv_dim: int = 512
   num_convs: int = 8
-  pooled_size: int = 14
-  roi_op: str = 'align'
-  sampling_ratio: int = 2
-  aligned: bool = True
-  max_bin_cells: int = 8
-  max_sampling_ratio: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features: Sequence[jax.Array], boxes: jax.Array,
-               pooled: jax.Array | None = None) -> jax.Array:
+  def __call__(self, pooled: jax.Array) -> jax.Array:
     """Args:
-      features: per level [B, H_l, W_l, C] (P2..P5).
-      boxes: [B, R, 4] float32 x1y1x2y2 pixels.
-      pooled: optional [B, R, S, S, C]: `roi_heads.pool_rois` of `features` at `boxes`
-        with this head's settings, already computed (shared with the mask head).
+      pooled: [B, R, S, S, C] RoI features (`poolers.RoIPooler`, S = 14).
 
     Returns:
       heatmap logits: [B, R, 4S, 4S, K] float32.
     """
-    x = pooled if pooled is not None else roi_heads.pool_rois(
-        features, boxes, self.pooled_size, self.roi_op, self.sampling_ratio, self.aligned,
-        self.max_bin_cells, self.max_sampling_ratio)
-    batch, num_rois = x.shape[:2]
-    x = x.reshape(batch * num_rois, *x.shape[2:])
+    batch, num_rois = pooled.shape[:2]
+    x = pooled.reshape(batch * num_rois, *pooled.shape[2:])
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # as torchvision
     for i in range(1, self.num_convs + 1):
       x = nn.relu(nn.Conv(self.conv_dim, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                          kernel_init=init, promote_dtype=gradient_order.promote_dtype,
-                          name=f'keypoint_fcn{i}')(x))
+                          kernel_init=init, name=f'keypoint_fcn{i}')(x))
     # PyTorch's ConvTranspose2d(4, stride 2, padding 1): the dilated input padded by
     # 4 - 1 - 1 = 2 on each side, so the output is exactly twice the input.
     x = nn.ConvTranspose(self.num_keypoints, (4, 4), strides=(2, 2),
                          padding=((2, 2), (2, 2)), dtype=self.dtype, kernel_init=init,
-                         promote_dtype=gradient_order.promote_dtype,
                          name='kps_score_lowres')(x)
     x = upsample_bilinear_2x(x.astype(jnp.float32))
     return x.reshape(batch, num_rois, *x.shape[1:])

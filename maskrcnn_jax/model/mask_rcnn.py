@@ -27,6 +27,7 @@ from maskrcnn_jax import image_info as info_lib
 from maskrcnn_jax.model import fpn as fpn_lib
 from maskrcnn_jax.model import keypoint_head as keypoint_lib
 from maskrcnn_jax.model import losses as losses_lib
+from maskrcnn_jax.model import poolers
 from maskrcnn_jax.model import postprocess
 from maskrcnn_jax.model import resnet
 from maskrcnn_jax.model import roi_heads
@@ -72,10 +73,16 @@ def _merge_images(*trees):
 class MaskRCNN(nn.Module):
   """Mask R-CNN; `config` is the `model` section of the config (frozen on construction).
 
-  `__call__` is inference (DESIGN.md "Model outputs"); `propose` exposes the FPN features
-  and RPN outputs; `losses` is the training objective.
+  `__call__` is inference (docs/design.md, "Model outputs"); `propose` exposes the FPN
+  features and RPN outputs; `losses` is the training objective.
+
+  Attributes:
+    config: `config.model`.
+    roi_align_sum_in_loop: RoIAlign's form under differentiation (ops/roi_align.py),
+      chosen per backend where the train step is jitted; the same values either way.
   """
   config: Any
+  roi_align_sum_in_loop: bool = False
 
   def __post_init__(self):
     # Linen attributes must be hashable; a FrozenConfigDict is, a ConfigDict is not.
@@ -99,26 +106,25 @@ class MaskRCNN(nn.Module):
         width_per_group=b.width_per_group, dtype=dtype)
     self.fpn = fpn_lib.FPN(channels=c.fpn.channels, dtype=dtype)
     self.rpn = rpn_lib.RPNHead(num_anchors=len(c.anchors.aspect_ratios), dtype=dtype)
-    roi = dict(roi_op=c.roi_op, sampling_ratio=c.roi_align.sampling_ratio,
-               aligned=c.roi_align.aligned, max_bin_cells=c.roi_pool.max_bin_cells,
-               max_sampling_ratio=c.roi_align.max_sampling_ratio,
-               dtype=dtype)
-    self.box_head = roi_heads.BoxHead(
-        num_classes=c.num_classes, fc_dim=c.box_head.fc_dim,
-        pooled_size=c.box_head.pooled_size, **roi)
+    pooler = functools.partial(poolers.RoIPooler.from_config, c,
+                               sum_in_loop=self.roi_align_sum_in_loop)
+    self.box_pooler = pooler(c.box_head.pooled_size)
+    self.box_head = roi_heads.BoxHead(num_classes=c.num_classes, fc_dim=c.box_head.fc_dim,
+                                      dtype=dtype)
     if c.mask_head.enabled:
+      self.mask_pooler = pooler(c.mask_head.pooled_size)
       self.mask_head = roi_heads.MaskHead(
           num_classes=c.num_classes, conv_dim=c.mask_head.conv_dim,
-          num_convs=c.mask_head.num_convs, pooled_size=c.mask_head.pooled_size,
-          class_agnostic=c.class_agnostic_mask, **roi)
+          num_convs=c.mask_head.num_convs, class_agnostic=c.class_agnostic_mask, dtype=dtype)
     k = c.keypoint_head
     if k.enabled:
       if k.heatmap_size != 4 * k.pooled_size:
         raise ValueError(f'keypoint_head.heatmap_size ({k.heatmap_size}) must be 4 x '
                          f'keypoint_head.pooled_size ({k.pooled_size})')
+      self.keypoint_pooler = pooler(k.pooled_size)
       self.keypoint_head = keypoint_lib.KeypointHead(
           num_keypoints=k.num_keypoints, conv_dim=k.conv_dim, num_convs=k.num_convs,
-          pooled_size=k.pooled_size, **roi)
+          dtype=dtype)
 
   def _anchors(self, height: int, width: int) -> list:
     """Per level P2..P6 [H_l * W_l * A, 4] NumPy anchors for a padded image size."""
@@ -184,7 +190,8 @@ class MaskRCNN(nn.Module):
     c = self.config
     rpn_out = self.propose(images, image_info)
     roi_features = [rpn_out['features'][f'p{l}'] for l in _ROI_LEVELS]
-    class_logits, box_deltas = self.box_head(roi_features, rpn_out['proposals'])
+    class_logits, box_deltas = self.box_head(
+        self.box_pooler(roi_features, rpn_out['proposals']))
     detections = postprocess.detect_boxes(
         class_logits, box_deltas, rpn_out['proposals'], rpn_out['proposal_valid'],
         image_info, weights=tuple(c.roi_heads.box_coder_weights), clamp=c.box_coder_clamp,
@@ -192,14 +199,13 @@ class MaskRCNN(nn.Module):
         nms_threshold=c.roi_heads.nms_threshold,
         detections_per_image=c.roi_heads.detections_per_image,
         pre_nms_topk=c.roi_heads.pre_nms_topk)
-    shared = self._shared_pooled(roi_features, detections['boxes'])
+    pooled = self._pool_for_heads(roi_features, detections['boxes'])
     if c.mask_head.enabled:
-      mask_logits = self.mask_head(roi_features, detections['boxes'], shared)
       detections['masks'] = postprocess.select_mask_probs(
-          mask_logits, detections['classes'], mode=c.mask_loss)
+          self.mask_head(pooled['mask']), detections['classes'], mode=c.mask_loss)
     if c.keypoint_head.enabled:
       detections['keypoint_heatmaps'] = jnp.moveaxis(
-          self.keypoint_head(roi_features, detections['boxes'], shared), -1, 2)
+          self.keypoint_head(pooled['keypoint']), -1, 2)
     return detections
 
   def losses(self, batch: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
@@ -244,7 +250,8 @@ class MaskRCNN(nn.Module):
             rpn_out['proposals'], rpn_out['proposal_valid'], gt_boxes, gt_classes, gt_valid,
             gt_is_crowd, jax.random.split(roi_key, num_images))
     roi_features = [rpn_out['features'][f'p{l}'] for l in _ROI_LEVELS]
-    class_logits, box_deltas = self.box_head(roi_features, roi_targets['rois'])
+    class_logits, box_deltas = self.box_head(
+        self.box_pooler(roi_features, roi_targets['rois']))
     cls, box = losses_lib.box_head_losses(
         *_merge_images(class_logits, box_deltas, roi_targets),
         box_loss=c.roi_heads.box_loss, beta=c.roi_heads.smooth_l1_beta)
@@ -254,9 +261,9 @@ class MaskRCNN(nn.Module):
     num_fg = int(c.roi_heads.batch_size_per_image * c.roi_heads.positive_fraction)
     fg = jax.tree.map(lambda x: x[:, :num_fg], roi_targets)
     terms = {'rpn_cls': rpn_cls, 'rpn_box': rpn_box, 'cls': cls, 'box': box}
-    shared = self._shared_pooled(roi_features, fg['rois'])
+    pooled = self._pool_for_heads(roi_features, fg['rois'])
     if c.mask_head.enabled:
-      mask_logits = self.mask_head(roi_features, fg['rois'], shared)
+      mask_logits = self.mask_head(pooled['mask'])
       mask_targets = jax.vmap(functools.partial(
           mask_ops.mask_targets, output_size=c.mask_head.resolution))(
               batch['gt_masks'], gt_boxes, fg['rois'], fg['matched_gt'])
@@ -264,48 +271,47 @@ class MaskRCNN(nn.Module):
           *_merge_images(mask_logits, mask_targets, fg['labels'], fg['is_foreground']),
           mode=c.mask_loss, class_agnostic=c.class_agnostic_mask)
     if c.keypoint_head.enabled:
-      terms['keypoint'] = self._keypoint_loss(roi_features, fg, batch['gt_keypoints'],
-                                              shared)
+      terms['keypoint'] = self._keypoint_loss(pooled['keypoint'], fg, batch['gt_keypoints'])
     terms['total'] = sum(terms.values())
     sampled = jnp.maximum(jnp.sum(roi_targets['roi_valid']), 1)
     terms['fg_fraction'] = jnp.sum(roi_targets['is_foreground']) / sampled
     return terms
 
-  def _shared_pooled(self, roi_features: list, boxes: jax.Array) -> jax.Array | None:
-    """RoI features for both the mask and the keypoint head, when they pool alike.
+  def _pool_for_heads(self, roi_features: list, boxes: jax.Array) -> dict[str, jax.Array]:
+    """RoI features of `boxes` for the mask and keypoint heads that are on.
 
-    With both heads on the same boxes and the same pooled size (the other RoI settings are
-    shared by construction), pooling once gives each head exactly what its own pooling
-    would, and halves the gathers and their scatter-add gradient.
+    Heads whose poolers are equal (both 14 x 14 with the same settings) share one
+    pooling: the same features, half the gathers and their scatter-add gradient.
 
     Args:
       roi_features: per level [B, H_l, W_l, C] (P2..P5).
       boxes: [B, R, 4] float32 x1y1x2y2 pixels.
 
     Returns:
-      [B, R, S, S, C], or None when the heads pool on their own.
+      {'mask': ..., 'keypoint': ...} for the enabled heads, each [B, R, S, S, C].
     """
     c = self.config
-    if not (c.mask_head.enabled and c.keypoint_head.enabled
-            and c.mask_head.pooled_size == c.keypoint_head.pooled_size):
-      return None
-    return roi_heads.pool_rois(roi_features, boxes, c.mask_head.pooled_size, c.roi_op,
-                               c.roi_align.sampling_ratio, c.roi_align.aligned,
-                               c.roi_pool.max_bin_cells, c.roi_align.max_sampling_ratio)
+    pooled = {}
+    if c.mask_head.enabled:
+      pooled['mask'] = self.mask_pooler(roi_features, boxes)
+    if c.keypoint_head.enabled:
+      pooled['keypoint'] = (pooled['mask'] if 'mask' in pooled
+                            and self.keypoint_pooler == self.mask_pooler
+                            else self.keypoint_pooler(roi_features, boxes))
+    return pooled
 
-  def _keypoint_loss(self, roi_features: list, fg: dict[str, jax.Array],
-                     gt_keypoints: jax.Array, pooled: jax.Array | None = None) -> jax.Array:
+  def _keypoint_loss(self, pooled: jax.Array, fg: dict[str, jax.Array],
+                     gt_keypoints: jax.Array) -> jax.Array:
     """The keypoint loss on the foreground prefix `fg` of the RoI targets.
 
     Args:
-      roi_features: per level [B, H_l, W_l, C] (P2..P5).
+      pooled: [B, F, S, S, C] RoI features of `fg['rois']`.
       fg: `roi_targets` sliced to its first F (foreground) slots: rois [B, F, 4],
         matched_gt [B, F], is_foreground [B, F].
       gt_keypoints: [B, N, K, 3] float32 x, y, visibility (resized frame).
-      pooled: optional [B, F, S, S, C] RoI features shared with the mask head.
     """
     k = self.config.keypoint_head
-    logits = self.keypoint_head(roi_features, fg['rois'], pooled)  # [B, F, H, H, K]
+    logits = self.keypoint_head(pooled)  # [B, F, H, H, K]
     matched = jnp.take_along_axis(gt_keypoints, fg['matched_gt'][..., None, None], axis=1)
     cells, valid = jax.vmap(functools.partial(
         keypoint_ops.keypoint_targets, heatmap_size=k.heatmap_size))(matched, fg['rois'])

@@ -24,9 +24,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskrcnn_jax import xla_options
-from maskrcnn_jax.model import gradient_order
-
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGES = (2, 3, 4, 5)  # res2..res5 produce C2..C5
 
@@ -253,8 +250,7 @@ class ResNet(nn.Module):
                                epsilon=1e-5, dtype=dtype)  # torch's GroupNorm eps
     else:
       raise ValueError(f"norm must be 'frozen_bn' or 'group_norm'; got {self.norm!r}")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=_CONV_INIT,
-                             promote_dtype=gradient_order.promote_dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=_CONV_INIT)
 
     x = self._frozen_at(1, Stem(conv, norm, self.base_width, name='stem')(images))
     outputs = {}
@@ -271,35 +267,6 @@ class ResNet(nn.Module):
 
   def _frozen_at(self, level: int, x: jax.Array) -> jax.Array:
     """The output of level 1 (stem) .. 5 (res5): gradients stop there up to freeze_at."""
-    if self.freeze_at == level:
-      x = _last_frozen_output(x)
     if self.freeze_at >= level:
       x = jax.lax.stop_gradient(x)
     return x
-
-
-@jax.custom_vjp
-def _last_frozen_output(x: jax.Array) -> jax.Array:
-  """Identity on [B, H, W, C]: the frozen stages' output, where gradients stop.
-
-  Under differentiation, where `xla_options.keep_last_frozen_output()` chooses it, the
-  forward pass writes the tensor's own first pixel back into it with a
-  dynamic_update_slice: the same values, which XLA does not fold away, and which end
-  the fused elementwise chain there. Without it XLA:CPU recomputes the tensor inside
-  each backward consumer from its last blocks' conv outputs and keeps those alive to
-  the end of the step instead of the tensor.
-  """
-  return x
-
-
-def _last_frozen_output_forward(x):
-  if xla_options.keep_last_frozen_output():
-    x = jax.lax.dynamic_update_slice(x, x[:, :1, :1, :], (0, 0, 0, 0))
-  return x, None
-
-
-def _last_frozen_output_backward(_, output_grad):
-  return (output_grad,)
-
-
-_last_frozen_output.defvjp(_last_frozen_output_forward, _last_frozen_output_backward)

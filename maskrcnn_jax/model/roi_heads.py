@@ -1,4 +1,4 @@
-"""Box and mask heads over RoI features from P2..P5 (torchvision's RoIHeads layers).
+"""Box and mask heads over pooled RoI features (torchvision's RoIHeads layers).
 
 Parameter names follow torchvision's `maskrcnn_resnet50_fpn` state dict (`roi_heads.`
 prefix). Dense kernels are PyTorch's [out, in] weights transposed to [in, out]; conv
@@ -22,42 +22,11 @@ kernels are [out, in, kh, kw] transposed to [kh, kw, in, out].
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from maskrcnn_jax.model import gradient_order
-from maskrcnn_jax.ops import roi_align as roi_ops
-
-
-def pool_rois(features: Sequence[jax.Array], boxes: jax.Array, output_size: int, roi_op: str,
-              sampling_ratio: int, aligned: bool, max_bin_cells: int,
-              max_sampling_ratio: int = 0) -> jax.Array:
-  """RoIAlign or RoIPool from the FPN level each box is assigned to.
-
-  Args:
-    features: per level [B, H_l, W_l, C], levels 2..5 (stride 2**l).
-    boxes: [B, R, 4] float32 x1y1x2y2 pixels.
-    output_size: S.
-    roi_op: 'align' | 'pool'.
-    sampling_ratio, aligned: RoIAlign settings.
-    max_bin_cells: RoIPool setting.
-    max_sampling_ratio: cap of the adaptive grid when sampling_ratio is 0 (RoIAlign).
-
-  Returns:
-    [B, R, S, S, C] in the features' dtype.
-  """
-  with jax.named_scope('pool_rois'):  # names the gathers in profiles
-    if roi_op == 'align':
-      return roi_ops.multilevel_roi_align(features, boxes, output_size, sampling_ratio,
-                                          aligned, min_level=2,
-                                          max_sampling_ratio=max_sampling_ratio)
-    if roi_op == 'pool':
-      return roi_ops.multilevel_roi_pool(features, boxes, output_size, max_bin_cells,
-                                         min_level=2)
-  raise ValueError(f'unknown roi_op {roi_op!r}; expected align or pool')
 
 
 class BoxHead(nn.Module):
@@ -66,37 +35,25 @@ class BoxHead(nn.Module):
   Attributes:
     num_classes: K foreground classes (outputs have K + 1, index 0 background).
     fc_dim: width of fc6 and fc7.
-    pooled_size: RoI feature size S (7).
-    roi_op, sampling_ratio, aligned, max_bin_cells, max_sampling_ratio: see `pool_rois`.
     dtype: compute dtype; outputs are float32.
   """
   num_classes: int
   fc_dim: int = 1024
-  pooled_size: int = 7
-  roi_op: str = 'align'
-  sampling_ratio: int = 2
-  aligned: bool = True
-  max_bin_cells: int = 8
-  max_sampling_ratio: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features: Sequence[jax.Array],
-               boxes: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Args:
-      features: per level [B, H_l, W_l, C] (P2..P5).
-      boxes: [B, R, 4] float32 x1y1x2y2 pixels (proposals).
+      pooled: [B, R, S, S, C] RoI features of the proposals (`poolers.RoIPooler`, S = 7).
 
     Returns:
       class_logits: [B, R, K + 1] float32.
       box_deltas: [B, R, K + 1, 4] float32, torchvision's (class, coordinate) layout.
     """
-    x = pool_rois(features, boxes, self.pooled_size, self.roi_op, self.sampling_ratio,
-                  self.aligned, self.max_bin_cells, self.max_sampling_ratio)
-    batch, num_rois = x.shape[:2]
-    x = jnp.moveaxis(x, -1, 2).reshape(batch, num_rois, -1)  # PyTorch's (C, S, S) flatten
-    dense = functools.partial(nn.Dense, dtype=self.dtype,
-                              promote_dtype=gradient_order.promote_dtype)
+    batch, num_rois = pooled.shape[:2]
+    # Flattened in PyTorch's (C, S, S) order.
+    x = jnp.moveaxis(pooled, -1, 2).reshape(batch, num_rois, -1)
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
     x = nn.relu(dense(self.fc_dim, name='fc6')(x))
     x = nn.relu(dense(self.fc_dim, name='fc7')(x))
     num_outputs = self.num_classes + 1
@@ -131,11 +88,10 @@ class Upsample2x(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (2, 2, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     # nn.ConvTranspose (transpose_kernel=False) applies the kernel flipped in space.
-    x, kernel, bias = gradient_order.layer_boundary(
-        x.astype(self.dtype), kernel[::-1, ::-1].astype(self.dtype), bias.astype(self.dtype))
-    y = jnp.einsum('nhwc,ijcd->nhiwjd', x, kernel)
+    kernel = kernel[::-1, ::-1].astype(self.dtype)
+    y = jnp.einsum('nhwc,ijcd->nhiwjd', x.astype(self.dtype), kernel)
     n, h, _, w, _, d = y.shape
-    return y.reshape(n, 2 * h, 2 * w, d) + bias
+    return y.reshape(n, 2 * h, 2 * w, d) + bias.astype(self.dtype)
 
 
 class MaskHead(nn.Module):
@@ -146,48 +102,32 @@ class MaskHead(nn.Module):
       `class_agnostic`, then one.
     conv_dim: channels of the convs and the deconv.
     num_convs: number of 3x3 convs.
-    pooled_size: RoI feature size S (14); logits are 2S x 2S.
     class_agnostic: one mask channel for all classes.
-    roi_op, sampling_ratio, aligned, max_bin_cells, max_sampling_ratio: see `pool_rois`.
     dtype: compute dtype; outputs are float32.
   """
   num_classes: int
   conv_dim: int = 256
   num_convs: int = 4
-  pooled_size: int = 14
   class_agnostic: bool = False
-  roi_op: str = 'align'
-  sampling_ratio: int = 2
-  aligned: bool = True
-  max_bin_cells: int = 8
-  max_sampling_ratio: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features: Sequence[jax.Array], boxes: jax.Array,
-               pooled: jax.Array | None = None) -> jax.Array:
+  def __call__(self, pooled: jax.Array) -> jax.Array:
     """Args:
-      features: per level [B, H_l, W_l, C] (P2..P5).
-      boxes: [B, R, 4] float32 x1y1x2y2 pixels.
-      pooled: optional [B, R, S, S, C]: `pool_rois` of `features` at `boxes` with this
-        head's settings, already computed (shared with the keypoint head).
+      pooled: [B, R, S, S, C] RoI features (`poolers.RoIPooler`, S = 14).
 
     Returns:
       mask_logits: [B, R, 2S, 2S, K + 1 (or 1 if class_agnostic)] float32.
     """
-    x = pooled if pooled is not None else pool_rois(
-        features, boxes, self.pooled_size, self.roi_op, self.sampling_ratio, self.aligned,
-        self.max_bin_cells, self.max_sampling_ratio)
-    batch, num_rois = x.shape[:2]
-    x = x.reshape(batch * num_rois, *x.shape[2:])
+    batch, num_rois = pooled.shape[:2]
+    x = pooled.reshape(batch * num_rois, *pooled.shape[2:])
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # as torchvision
     for i in range(1, self.num_convs + 1):
       x = nn.relu(nn.Conv(self.conv_dim, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                          kernel_init=init, promote_dtype=gradient_order.promote_dtype,
-                          name=f'mask_fcn{i}')(x))
+                          kernel_init=init, name=f'mask_fcn{i}')(x))
     x = nn.relu(Upsample2x(self.conv_dim, kernel_init=init, dtype=self.dtype,
                            name='conv5_mask')(x))
     num_outputs = 1 if self.class_agnostic else self.num_classes + 1
     x = nn.Conv(num_outputs, (1, 1), dtype=self.dtype, kernel_init=init,
-                promote_dtype=gradient_order.promote_dtype, name='mask_fcn_logits')(x)
+                name='mask_fcn_logits')(x)
     return x.astype(jnp.float32).reshape(batch, num_rois, *x.shape[1:])

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskrcnn_jax import image_info as info_lib
-from maskrcnn_jax.model import gradient_order
 from maskrcnn_jax.ops import boxes as box_ops
 from maskrcnn_jax.ops import nms as nms_ops
 
@@ -52,11 +51,11 @@ class RPNHead(nn.Module):
     init = nn.initializers.normal(stddev=0.01)  # as torchvision's RPNHead
     channels = features[0].shape[-1]
     conv = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                   kernel_init=init, promote_dtype=gradient_order.promote_dtype, name='conv')
+                   kernel_init=init, name='conv')
     cls_logits = nn.Conv(self.num_anchors, (1, 1), dtype=self.dtype, kernel_init=init,
-                         promote_dtype=gradient_order.promote_dtype, name='cls_logits')
+                         name='cls_logits')
     bbox_pred = nn.Conv(self.num_anchors * 4, (1, 1), dtype=self.dtype, kernel_init=init,
-                        promote_dtype=gradient_order.promote_dtype, name='bbox_pred')
+                        name='bbox_pred')
     objectness, deltas = [], []
     for x in features:
       batch, height, width, _ = x.shape

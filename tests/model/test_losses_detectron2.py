@@ -40,6 +40,7 @@ from maskrcnn_jax import image_info
 from maskrcnn_jax import xla_options
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.model import losses as losses_lib
+from maskrcnn_jax.model import poolers
 from maskrcnn_jax.model import targets as targets_lib
 from maskrcnn_jax.model.mask_rcnn import MaskRCNN
 from maskrcnn_jax.ops import anchors as anchor_ops
@@ -114,11 +115,22 @@ def _losses_and_mask_head(module, batch, key):
   def record(call, args, kwargs, context):
     out = call(*args, **kwargs)
     if context.module.name == 'mask_head' and context.method_name == '__call__':
-      seen['rois'], seen['logits'] = args[1], out
+      seen['logits'] = out
     return out
 
-  with nn.intercept_methods(record):
-    terms = module.losses(batch, key)
+  pool = poolers.RoIPooler.__call__
+
+  def recording_pool(pooler, features, boxes):
+    if pooler == module.mask_pooler:
+      seen['rois'] = boxes
+    return pool(pooler, features, boxes)
+
+  poolers.RoIPooler.__call__ = recording_pool
+  try:
+    with nn.intercept_methods(record):
+      terms = module.losses(batch, key)
+  finally:
+    poolers.RoIPooler.__call__ = pool
   return terms, seen['rois'], seen['logits']
 
 
@@ -171,9 +183,8 @@ def computed(recorded):
   weights = friendly(seeded_weights.seeded_state_dict(names_and_shapes, int(recorded['seed'])))
   config = _config(recorded)
   batch = _batch(recorded, config.data)
-  forward = jax.jit(functools.partial(MaskRCNN(config.model).apply,
-                                      method=_losses_and_mask_head),
-                    compiler_options=xla_options.compiler_options())  # as the train step
+  forward = xla_options.jit(functools.partial(MaskRCNN(config.model).apply,
+                                              method=_losses_and_mask_head))  # as training
   terms, rois, logits = jax.device_get(forward(convert.from_detectron2(weights), batch,
                                                jax.random.PRNGKey(0)))
   valid, labels, matched_gt, theirs = _theirs_in_our_slots(recorded, rois)

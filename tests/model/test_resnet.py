@@ -11,11 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskrcnn_jax import train
-from maskrcnn_jax import xla_options
 from maskrcnn_jax.model import resnet
-from tests.conftest import compile_and_run_train_step
-from tests.conftest import r50_tiny_heads_train_case
 
 # torchvision resnet{depth}(): all parameters minus the 1000-way fc layer.
 TORCHVISION_BODY_PARAMETERS = {
@@ -142,31 +138,3 @@ def test_bfloat16_compute_is_close_to_float32():
 def test_invalid_settings_are_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     jax.eval_shape(resnet.ResNet(**kwargs).init, jax.random.PRNGKey(0), _images(32, 32))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='chosen on XLA:CPU only')
-def test_train_step_keeps_the_last_frozen_output_with_the_same_update(monkeypatch):
-  """R50 (bottleneck res2 frozen) under the tiny heads at 256^2: C2 gets a buffer of its own.
-
-  Same step bit for bit, less temp memory than with the plain tensor; inference (no
-  differentiation) compiles without the extra op.
-  """
-  assert xla_options.keep_last_frozen_output()
-  config, batch = r50_tiny_heads_train_case()
-  temp_bytes, updates = {}, {}
-  for keep in (True, False):
-    monkeypatch.setattr(xla_options, 'keep_last_frozen_output', lambda keep=keep: keep)
-    compiled, updates[keep] = compile_and_run_train_step(config, batch)
-    assert ('dynamic-update-slice' in compiled.as_text()) == keep
-    temp_bytes[keep] = compiled.memory_analysis().temp_size_in_bytes
-  for kept, plain in zip(updates[True], updates[False]):
-    np.testing.assert_array_equal(kept, plain)
-  # Measured with jax 0.10.2: 150.8 MB against 160.2 MB.
-  assert temp_bytes[True] < 0.97 * temp_bytes[False]
-
-  monkeypatch.setattr(xla_options, 'keep_last_frozen_output', lambda: True)
-  model, _, _ = train.create_train_state(config, jax.random.key(0))
-  variables = train.init_variables(model, (256, 256), jax.random.key(0))
-  forward = jax.jit(model.apply).lower(variables, batch['images'], batch['image_info'])
-  assert 'dynamic_update_slice' not in forward.as_text()

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from maskrcnn_jax.model import poolers
 from maskrcnn_jax.model import roi_heads
 
 BATCH, NUM_ROIS, CHANNELS, NUM_CLASSES = 2, 3, 4, 3
@@ -46,18 +47,18 @@ def _np_conv_transpose2x2(x, torch_weight, bias):
 @pytest.mark.parametrize('roi_op', ['align', 'pool'])
 def test_box_head_matches_torchvision_layers(roi_op):
   features, boxes = _features_and_boxes()
-  head = roi_heads.BoxHead(num_classes=NUM_CLASSES, fc_dim=16, roi_op=roi_op)
-  variables = head.init(jax.random.PRNGKey(0), features, boxes)
+  pooled = poolers.RoIPooler(7, op=roi_op)(features, boxes)
+  head = roi_heads.BoxHead(num_classes=NUM_CLASSES, fc_dim=16)
+  variables = head.init(jax.random.PRNGKey(0), pooled)
   params = jax.tree.map(np.asarray, variables['params'])
   assert set(params) == {'fc6', 'fc7', 'cls_score', 'bbox_pred'}
   assert params['fc6']['kernel'].shape == (CHANNELS * 7 * 7, 16)
-  class_logits, box_deltas = head.apply(variables, features, boxes)
+  class_logits, box_deltas = head.apply(variables, pooled)
   assert class_logits.shape == (BATCH, NUM_ROIS, NUM_CLASSES + 1)
   assert box_deltas.shape == (BATCH, NUM_ROIS, NUM_CLASSES + 1, 4)
 
   # torchvision: NCHW features flattened (C, H, W), fc6 -> relu -> fc7 -> relu -> predictor.
-  pooled = np.asarray(roi_heads.pool_rois(features, boxes, 7, roi_op, 2, True, 8))
-  x = pooled.transpose(0, 1, 4, 2, 3).reshape(BATCH, NUM_ROIS, -1)
+  x = np.asarray(pooled).transpose(0, 1, 4, 2, 3).reshape(BATCH, NUM_ROIS, -1)
   x = np.maximum(x @ params['fc6']['kernel'] + params['fc6']['bias'], 0)
   x = np.maximum(x @ params['fc7']['kernel'] + params['fc7']['bias'], 0)
   logits = x @ params['cls_score']['kernel'] + params['cls_score']['bias']
@@ -70,17 +71,17 @@ def test_box_head_matches_torchvision_layers(roi_op):
 @pytest.mark.parametrize('class_agnostic', [False, True])
 def test_mask_head_matches_torchvision_layers(class_agnostic):
   features, boxes = _features_and_boxes(1)
+  pooled = poolers.RoIPooler(14)(features, boxes)
   head = roi_heads.MaskHead(num_classes=NUM_CLASSES, conv_dim=6, num_convs=2,
                             class_agnostic=class_agnostic)
-  variables = head.init(jax.random.PRNGKey(0), features, boxes)
+  variables = head.init(jax.random.PRNGKey(0), pooled)
   params = jax.tree.map(np.asarray, variables['params'])
   assert set(params) == {'mask_fcn1', 'mask_fcn2', 'conv5_mask', 'mask_fcn_logits'}
-  mask_logits = head.apply(variables, features, boxes)
+  mask_logits = head.apply(variables, pooled)
   channels = 1 if class_agnostic else NUM_CLASSES + 1
   assert mask_logits.shape == (BATCH, NUM_ROIS, 28, 28, channels)
 
-  x = np.asarray(roi_heads.pool_rois(features, boxes, 14, 'align', 2, True, 8))
-  x = x.reshape(BATCH * NUM_ROIS, 14, 14, CHANNELS)
+  x = np.asarray(pooled).reshape(BATCH * NUM_ROIS, 14, 14, CHANNELS)
   for name in ('mask_fcn1', 'mask_fcn2'):
     x = np.maximum(_np_conv3x3(x, params[name]['kernel'], params[name]['bias']), 0)
   # The documented conversion rule for conv5_mask, inverted: torch weight [in, out, kh, kw].
@@ -89,12 +90,6 @@ def test_mask_head_matches_torchvision_layers(class_agnostic):
   x = x @ params['mask_fcn_logits']['kernel'][0, 0] + params['mask_fcn_logits']['bias']
   np.testing.assert_allclose(mask_logits, x.reshape(BATCH, NUM_ROIS, 28, 28, channels),
                              rtol=1e-4, atol=1e-5)
-
-
-def test_unknown_roi_op_is_an_error():
-  features, boxes = _features_and_boxes()
-  with pytest.raises(ValueError, match='roi_op'):
-    roi_heads.pool_rois(features, boxes, 7, 'crop', 2, True, 8)
 
 
 def test_upsample2x_equals_flax_conv_transpose_and_its_gradient():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax.ops import roi_align as roi_ops
+from maskrcnn_jax.ops import roi_levels
 from tests.conftest import FIXTURES
 from tests.ops.test_roi_align import _bilinear_ref
 
@@ -75,7 +76,7 @@ def test_multilevel_adaptive_matches_single_level():
   boxes = np.array([[[3., 5., 40., 70.], [10., 10., 200., 250.], [0., 0., 20., 9.]]],
                    np.float32)
   out = roi_ops.multilevel_roi_align(pyramid, boxes, 7, 0, True, max_sampling_ratio=8)
-  levels = np.asarray(roi_ops.assign_levels(boxes[0]))
+  levels = np.asarray(roi_levels.assign_levels(boxes[0]))
   for r, level in enumerate(levels):
     ref = adaptive_ref(pyramid[level - 2][0], boxes[0, r:r + 1], 7, 2.0**-level, True, 8)
     np.testing.assert_allclose(out[0, r:r + 1], ref, atol=1e-5)
