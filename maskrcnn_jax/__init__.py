@@ -4,6 +4,7 @@
 def __getattr__(name):
   # Lazy, so that host-side subpackages (maskrcnn_jax.data) never import jax.
   if name == 'Predictor':
-    from maskrcnn_jax.predictor import Predictor  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from maskrcnn_jax.inference.predictor import Predictor
     return Predictor
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -7,7 +7,7 @@
 One run measures every (batch, dtype) case. Each measured function is compiled first
 (`compile_s`), then called once (`first_call_s`), `--warmup` untimed times, then `--steps`
 timed times; the table gives the median. Modes:
-  train: `train.jit_train_step` on a synthetic batch (`--instances` random boxes per
+  train: `train/step.py`'s `jit_train_step` on a synthetic batch (`--instances` random boxes per
     image, masks filling their boxes) with data.image_size set to the given size; with
     `--annotations/--images`, also on real batches from that COCO-format folder, timing
     how much of each step waited for input.
@@ -30,7 +30,7 @@ timed times; the table gives the median. Modes:
     post-processing around them, and each path's detections against the jitted ones.
     Weights: `--checkpoint`, else seeded random ones.
 For every compiled program the JSON and the table give what XLA says of it
-(maskrcnn_jax/xla_stats.py): FLOPs and temp memory per image, and its while loops with
+(maskrcnn_jax/runtime/program_stats.py): FLOPs and temp memory per image, and its while loops with
 and without a static trip count; with `--peak-tflops`, the model FLOP utilization
 (FLOPs per second over that peak). With `--annotations`, the padded / resized pixel
 ratio of the config's canvases over that folder (evaluation-scale resize).
@@ -71,17 +71,20 @@ import jax
 import ml_collections
 import numpy as np
 
+# benchmarks/ lives beside scripts/, outside the installed package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import input_pipeline as input_benchmark  # pylint: disable=wrong-import-position
 from maskrcnn_jax import config as config_lib
-from maskrcnn_jax import parallel
-from maskrcnn_jax import train
-from maskrcnn_jax import xla_options
-from maskrcnn_jax import xla_stats
 from maskrcnn_jax.data import coco
-from maskrcnn_jax.data import input_benchmark
+from maskrcnn_jax.data import examples
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import transforms
+from maskrcnn_jax.inference.predictor import Predictor
 from maskrcnn_jax.model import mask_rcnn
-from maskrcnn_jax.predictor import Predictor
+from maskrcnn_jax.runtime import compiler
+from maskrcnn_jax.runtime import distributed
+from maskrcnn_jax.runtime import program_stats
+from maskrcnn_jax.train import step as step_lib
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -162,7 +165,7 @@ def synthetic_instances(seed: int, batch: int, height: int, width: int, num_clas
 def synthetic_image_info(batch_size: int, config: ml_collections.ConfigDict) -> np.ndarray:
   """[B, I] image_info of unresized, unflipped images filling the canvas."""
   height, width = config.data.image_size
-  info = np.zeros_like(pipeline.empty_batch(1, config.data)['image_info'])
+  info = np.zeros_like(examples.empty_batch(1, config.data)['image_info'])
   info[:, :3] = [height, width, 1.0]
   return np.repeat(info, batch_size, axis=0)
 
@@ -172,7 +175,7 @@ def synthetic_train_batch(config: ml_collections.ConfigDict, seed: int, instance
   """A batch with the batch table's shapes: random pixels, `synthetic_instances` as GT."""
   batch_size = config.train.batch_size
   height, width = config.data.image_size
-  batch = pipeline.empty_batch(batch_size, config.data)
+  batch = examples.empty_batch(batch_size, config.data)
   n = min(instances, config.data.max_instances)
   boxes, classes = synthetic_instances(seed, batch_size, height, width,
                                        config.model.num_classes, n)
@@ -206,7 +209,7 @@ def compile_timed(jitted, *args) -> tuple[Any, dict[str, Any]]:
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   seconds = time.perf_counter() - start
-  return compiled, dict(xla_stats.compiled_stats(compiled).to_dict(), compile_s=seconds)
+  return compiled, dict(program_stats.compiled_stats(compiled).to_dict(), compile_s=seconds)
 
 
 def per_image_stats(stats: dict[str, Any], batch: int, median_s: float,
@@ -276,12 +279,12 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
   batch_size = config.train.batch_size
   rows, programs = [], {}
   if mode == 'train':
-    mesh = parallel.data_mesh()
-    model, optimizer, state = train.create_train_state(config, jax.random.key(seed))
-    step = train.jit_train_step(model, optimizer, config.train, mesh)
-    state = parallel.replicate(state, mesh)
-    batch = parallel.host_batch_to_global(synthetic_train_batch(config, seed, instances),
-                                          mesh)
+    mesh = distributed.data_mesh()
+    model, optimizer, state = step_lib.create_train_state(config, jax.random.key(seed))
+    step = step_lib.jit_train_step(model, optimizer, config.train, mesh)
+    state = distributed.replicate(state, mesh)
+    batch = distributed.host_batch_to_global(synthetic_train_batch(config, seed, instances),
+                                             mesh)
     key = jax.random.key(seed + 1)
     compiled, stats = compile_timed(step, state, batch, key)
 
@@ -297,8 +300,8 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
     extra = {'mask_head_rois_per_image': static_mask_rois(config)}
   else:
     model = mask_rcnn.MaskRCNN(config.model)
-    variables = train.init_variables(model, tuple(config.data.image_size),
-                                     jax.random.key(seed))
+    variables = step_lib.init_variables(model, tuple(config.data.image_size),
+                                        jax.random.key(seed))
     predictor = Predictor(config, variables)
     rng = np.random.default_rng(seed)
     height, width = config.data.image_size
@@ -312,7 +315,7 @@ def benchmark_jax(config: ml_collections.ConfigDict, mode: str, steps: int, warm
                      time_calls(predict_once, steps, warmup), batch_size))
     extra = {'detections_per_image': float(np.mean([len(d['scores']) for d in detections]))}
     inputs = jax.device_put((np.stack(images), synthetic_image_info(batch_size, config)))
-    forward = xla_options.jit(model.apply)
+    forward = compiler.jit(model.apply)
     compiled, stats = compile_timed(forward, variables, *inputs)
     timing = time_calls(lambda: jax.block_until_ready(compiled(variables, *inputs)),
                         steps, warmup)
@@ -334,10 +337,10 @@ def benchmark_real_train(config: ml_collections.ConfigDict, annotations: str, im
   batch (`next(batches)`) plus the device step (dispatch until its metrics are ready).
   """
   dataset = coco.load_coco(annotations, images, filter_empty=True)
-  mesh = parallel.data_mesh()
-  model, optimizer, state = train.create_train_state(config, jax.random.key(seed))
-  step = train.jit_train_step(model, optimizer, config.train, mesh)
-  state = parallel.replicate(state, mesh)
+  mesh = distributed.data_mesh()
+  model, optimizer, state = step_lib.create_train_state(config, jax.random.key(seed))
+  step = step_lib.jit_train_step(model, optimizer, config.train, mesh)
+  state = distributed.replicate(state, mesh)
   key = jax.random.key(seed + 1)
   waits, totals, shapes = [], [], set()
   with pipeline.Batches(dataset, config.data, config.train.batch_size, train=True,
@@ -347,7 +350,7 @@ def benchmark_real_train(config: ml_collections.ConfigDict, annotations: str, im
       host_batch = next(batches)
       waited = time.perf_counter() - start
       shape = host_batch['images'].shape
-      state, metrics = step(state, parallel.host_batch_to_global(host_batch, mesh), key)
+      state, metrics = step(state, distributed.host_batch_to_global(host_batch, mesh), key)
       jax.block_until_ready(metrics)
       if shape in shapes:  # a new canvas compiled in this step: not timed
         waits.append(waited)
@@ -645,7 +648,7 @@ def main():
     native.data.dataset = 'coco'
     native.data.train_annotations, native.data.train_images = args.annotations, args.images
     sizes = [(r.height, r.width) for r in coco.load_coco(args.annotations, args.images,
-                                                          filter_empty=False).records]
+                                                         filter_empty=False).records]
     result['pixels'] = padded_pixel_ratio(native.data, sizes)
     if args.mode == 'input':
       result['input'] = input_benchmark.measure_input(
@@ -692,7 +695,7 @@ def _write_outputs(args: argparse.Namespace, result: dict, table: str) -> None:
 
 def run_eval_mode(args: argparse.Namespace) -> None:
   """--mode eval: maskrcnn_jax/eval_benchmark.py (host paste + RLE, COCOeval)."""
-  from maskrcnn_jax import eval_benchmark  # pylint: disable=import-outside-toplevel
+  from benchmarks import evaluation as eval_benchmark  # pylint: disable=import-outside-toplevel
   result = eval_benchmark.run(args.eval_images, args.workers, args.eval_cocoeval_images,
                               args.eval_engines.split(','), mask_paste=args.eval_paste)
   result.update(mode='eval', date=datetime.datetime.now().isoformat(timespec='seconds'),
@@ -704,14 +707,14 @@ def run_eval_mode(args: argparse.Namespace) -> None:
 def run_serving_mode(args: argparse.Namespace) -> None:
   """--mode serving: maskrcnn_jax/serving_benchmark.py (every export path, timed)."""
   from maskrcnn_jax import checkpoint  # pylint: disable=import-outside-toplevel
-  from maskrcnn_jax import serving_benchmark  # pylint: disable=import-outside-toplevel
+  from benchmarks import serving as serving_benchmark  # pylint: disable=import-outside-toplevel
   config = load_benchmark_config(args.config, 'infer', args.batch[0], args.image_size,
                                  (args.dtype or [None])[0])
   if args.checkpoint:
     variables = checkpoint.load_variables(args.checkpoint)
   else:
-    variables = train.init_variables(mask_rcnn.MaskRCNN(config.model),
-                                     tuple(config.data.image_size), jax.random.key(args.seed))
+    variables = step_lib.init_variables(mask_rcnn.MaskRCNN(config.model),
+                                        tuple(config.data.image_size), jax.random.key(args.seed))
   result = serving_benchmark.run(config, variables, args.batch[0], args.steps,
                                  tuple(args.serving_paths.split(',')), seed=args.seed)
   result.update(mode='serving', config=args.config,

@@ -17,12 +17,12 @@ from ml_collections import config_flags
 
 from maskrcnn_jax import checkpoint
 from maskrcnn_jax import cli
-from maskrcnn_jax import train
-from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import image_files
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
-from maskrcnn_jax.predictor import Predictor
-from maskrcnn_jax.visualize import draw_detections
+from maskrcnn_jax.inference.predictor import Predictor
+from maskrcnn_jax.inference.visualize import draw_detections
+from maskrcnn_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/shapes_demo.py', 'config file')
 _WORKDIR = flags.DEFINE_string('workdir', 'workdir/demo', 'where data and outputs go')
@@ -45,7 +45,7 @@ def main(argv):
   print(f'shapes dataset: {_NUM_TRAIN.value} train and {_NUM_VAL.value} val images in '
         f'{time.perf_counter() - start:.1f}s')
 
-  result = train.train_and_evaluate(config, workdir)
+  result = loop.train_and_evaluate(config, workdir)
   metrics = result['eval']
   keypoint_ap = (f', keypoint AP {metrics["keypoints"]["AP"]:.3f}'
                  if 'keypoints' in metrics else '')
@@ -60,7 +60,7 @@ def main(argv):
   os.makedirs(out_dir, exist_ok=True)
   names = dict(zip(val.category_ids, val.class_names))
   for record in val.records[:_NUM_DRAWN.value]:
-    image = coco.read_image(record)
+    image = image_files.read_image(record)
     path = os.path.join(out_dir, f'{record.image_id}.png')
     draw_detections(image, predictor(image), names, min_score=0.5).save(path)
   print(f'drew {min(_NUM_DRAWN.value, len(val))} val images into {out_dir} '

@@ -7,7 +7,7 @@ environment; on a Cloud TPU VM pod slice pass --distributed; anywhere else pass
 
 from absl import flags
 
-from maskrcnn_jax import parallel
+from maskrcnn_jax.runtime import distributed
 
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, "start jax.distributed with JAX's cluster detection (TPU pods)")
@@ -18,6 +18,6 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'this process, 0..num_proce
 
 
 def initialize() -> int:
-  """parallel.initialize_distributed from the flags; returns the process count."""
-  return parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                         _PROCESS_ID.value, auto=_DISTRIBUTED.value)
+  """distributed.initialize_distributed from the flags; returns the process count."""
+  return distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                            _PROCESS_ID.value, auto=_DISTRIBUTED.value)

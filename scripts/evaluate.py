@@ -30,11 +30,12 @@ from ml_collections import config_flags
 import distributed_flags
 from maskrcnn_jax import checkpoint
 from maskrcnn_jax import cli
-from maskrcnn_jax import coco_eval
-from maskrcnn_jax import evaluate
-from maskrcnn_jax import parallel
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.evaluation import coco_eval
+from maskrcnn_jax.evaluation import evaluator as evaluator_lib
+from maskrcnn_jax.evaluation import metrics as metrics_lib
+from maskrcnn_jax.runtime import distributed
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'orbax checkpoint directory')
@@ -65,7 +66,7 @@ def evaluate_results_files(paths: list[str]) -> None:
   if _ANNOTATIONS.value:
     ground_truth = coco_eval.GroundTruth.from_file(_ANNOTATIONS.value)
   elif config is not None:
-    ground_truth = evaluate.ground_truth(pipeline.load_split(config.data, 'val'))
+    ground_truth = metrics_lib.ground_truth(pipeline.load_split(config.data, 'val'))
   else:
     raise app.UsageError('--results needs --annotations or --config (its val split)')
   names = {int(c['id']): c.get('name', str(c['id']))
@@ -82,8 +83,8 @@ def evaluate_results_files(paths: list[str]) -> None:
   metrics.update(results_files=[os.path.abspath(p) for p in paths], engine=engine,
                  checkpoint=None, step=None)
   if _WORKDIR.value:
-    evaluate.write_metrics(_WORKDIR.value, metrics)
-  print(json.dumps(evaluate.flat_metrics(metrics), indent=1))
+    metrics_lib.write_metrics(_WORKDIR.value, metrics)
+  print(json.dumps(metrics_lib.flat_metrics(metrics), indent=1))
 
 
 def main(argv):
@@ -101,11 +102,11 @@ def main(argv):
                          dataset.annotation_file, labels_may_be_ids=True)
   coco.check_evaluation_fields(dataset.annotation_file)
   variables = checkpoint.load_variables(_CHECKPOINT.value)
-  evaluator = evaluate.Evaluator(config, dataset, parallel.data_mesh())
+  evaluator = evaluator_lib.Evaluator(config, dataset, distributed.data_mesh())
   metrics = evaluator(variables, workdir=_WORKDIR.value,
                       checkpoint=os.path.abspath(_CHECKPOINT.value),
                       step=checkpoint_step(_CHECKPOINT.value))
-  print(json.dumps(evaluate.flat_metrics(metrics), indent=1))
+  print(json.dumps(metrics_lib.flat_metrics(metrics), indent=1))
 
 
 if __name__ == '__main__':

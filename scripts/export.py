@@ -23,10 +23,10 @@ from ml_collections import config_flags
 
 from maskrcnn_jax import checkpoint
 from maskrcnn_jax import cli
-from maskrcnn_jax import export
-from maskrcnn_jax import workdir
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import transforms
+from maskrcnn_jax.inference import export
+from maskrcnn_jax.train import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'a checkpoint directory (see above)')
@@ -65,7 +65,7 @@ def main(argv):
   canvas = parse_canvas(_CANVAS.value, config)
   ids = names = None
   categories = (coco.read_categories(_ANNOTATIONS.value) if _ANNOTATIONS.value
-                else workdir.find_categories(_CHECKPOINT.value))
+                else workdir_lib.find_categories(_CHECKPOINT.value))
   if categories is not None:
     ids, names = categories
     coco.check_num_classes(config.model.num_classes, ids,

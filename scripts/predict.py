@@ -25,10 +25,10 @@ from PIL import Image
 
 from maskrcnn_jax import checkpoint
 from maskrcnn_jax import cli
-from maskrcnn_jax import workdir
 from maskrcnn_jax.data import coco
-from maskrcnn_jax.predictor import Predictor
-from maskrcnn_jax.visualize import draw_detections
+from maskrcnn_jax.inference.predictor import Predictor
+from maskrcnn_jax.inference.visualize import draw_detections
+from maskrcnn_jax.train import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'a checkpoint directory (see above)')
@@ -68,7 +68,7 @@ def categories(num_classes: int) -> tuple[list[int] | None, dict[int, str]]:
     ids, names = coco.read_categories(_ANNOTATIONS.value)
     return (list(coco.check_num_classes(num_classes, ids, _ANNOTATIONS.value,
                                         labels_may_be_ids=True)), dict(zip(ids, names)))
-  found = workdir.find_categories(_CHECKPOINT.value)
+  found = workdir_lib.find_categories(_CHECKPOINT.value)
   if found is None:
     print('no --annotations and no categories.json beside the checkpoint: labels are '
           'class indices', file=sys.stderr)

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 import distributed_flags
 from maskrcnn_jax import cli
-from maskrcnn_jax import train
+from maskrcnn_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'config file', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, TensorBoard and eval outputs')
@@ -26,7 +26,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   distributed_flags.initialize()
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   metrics = result['eval']
   if metrics:
     print(f'step {result["step"]}: bbox AP {metrics["bbox"]["AP"]:.4f}, '

@@ -69,11 +69,11 @@ def test_an_interrupted_save_is_never_taken_for_a_checkpoint(tmp_path):
 
 
 def _model_train_state(step):
-  """A train.TrainState of tiny arrays with a real optax momentum state."""
+  """A step_lib.TrainState of tiny arrays with a real optax momentum state."""
   import optax  # pylint: disable=import-outside-toplevel
-  from maskrcnn_jax import train  # pylint: disable=import-outside-toplevel
+  from maskrcnn_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
   variables = jax.tree.map(lambda x: x + step, _variables())
-  return train.TrainState(
+  return step_lib.TrainState(
       step=jax.numpy.asarray(step, jax.numpy.int32), params=variables['params'],
       batch_stats=variables['batch_stats'],
       opt_state=optax.sgd(0.1, momentum=0.9).init(variables['params']))
@@ -109,10 +109,11 @@ def test_load_variables_reads_a_state_saved_on_another_device_count(tmp_path):
   from tests.conftest import run_on_eight_cpu_devices  # pylint: disable=import-outside-toplevel
   run_on_eight_cpu_devices(
       'import numpy as np\n'
-      'from maskrcnn_jax import checkpoint, parallel\n'
+      'from maskrcnn_jax import checkpoint\n'
+      'from maskrcnn_jax.runtime import distributed\n'
       'state = {"step": np.int32(7), "params": {"w": np.arange(6.0).reshape(2, 3)},\n'
       '         "batch_stats": {}, "opt_state": {"m": np.zeros((2, 3))}}\n'
-      'state = parallel.replicate(state, parallel.data_mesh())\n'
+      'state = distributed.replicate(state, distributed.data_mesh())\n'
       f'checkpoint.save_train_state({str(tmp_path / "run")!r}, 7, state, keep=1)\n'
       'print("ok")\n', timeout=120)
   loaded = checkpoint.load_variables(str(tmp_path / 'run'))

@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from maskrcnn_jax import coco_eval
-from maskrcnn_jax import eval_benchmark
+from benchmarks import evaluation as eval_benchmark
+from maskrcnn_jax.evaluation import coco_eval
 
 
 def _assert_same_tables(ground_truth, results_by_type):

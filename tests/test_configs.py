@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax import config as config_lib
-from maskrcnn_jax import optimizer
 from maskrcnn_jax.data import transforms
+from maskrcnn_jax.train import optimizer as optimizer_lib
 from tests.conftest import REPO_ROOT
 
 CONFIGS = REPO_ROOT / 'configs'
@@ -105,7 +105,7 @@ def test_1x_is_detectron2s_schedule_on_the_default_model():
   assert (t.batch_size, t.num_steps, t.lr_steps) == (16, 90_000, (60_000, 80_000))
   assert (t.warmup_steps, t.warmup_factor) == (1000, 1e-3)
   assert (d.resize_mode, d.min_size, d.max_size) == ('shorter_side', 800, 1333)
-  schedule = optimizer.learning_rate_schedule(t)
+  schedule = optimizer_lib.learning_rate_schedule(t)
   steps = [0, 500, 1000, 10_000, 59_999, 60_000, 70_000, 79_999, 80_000, 85_000]
   expected = [0.02 * 1e-3, 0.02 * (1e-3 * 0.5 + 0.5), 0.02, 0.02, 0.02, 0.002, 0.002, 0.002,
               0.0002, 0.0002]
@@ -127,7 +127,7 @@ def test_3x_tpu_and_r101_schedules():
   three_x = _load('maskrcnn_r50_fpn_3x')
   assert _changed(three_x, _load('maskrcnn_r50_fpn_1x')) == {
       'train.num_steps': 270_000, 'train.lr_steps': (210_000, 250_000)}
-  schedule = optimizer.learning_rate_schedule(three_x.train)
+  schedule = optimizer_lib.learning_rate_schedule(three_x.train)
   np.testing.assert_allclose([float(schedule(s)) for s in (200_000, 220_000, 260_000)],
                              [0.02, 0.002, 0.0002], rtol=1e-5)
 
@@ -140,7 +140,7 @@ def test_3x_tpu_and_r101_schedules():
   assert (tpu.model.dtype, tpu.train.batch_size) == ('bfloat16', 64)
   t = tpu.train
   assert (t.num_steps, t.lr_steps, t.warmup_steps) == (22_500, (15_000, 20_000), 250)
-  schedule = optimizer.learning_rate_schedule(t)
+  schedule = optimizer_lib.learning_rate_schedule(t)
   np.testing.assert_allclose([float(schedule(s)) for s in (0, 250, 14_999, 15_000, 20_000)],
                              [0.08e-3, 0.08, 0.08, 0.008, 0.0008], rtol=1e-5)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax import convert
+from maskrcnn_jax.convert import torchvision_weights
 from maskrcnn_jax.model import fpn
 from maskrcnn_jax.model import resnet
 from tests.tools import seeded_weights
@@ -42,8 +43,8 @@ def test_backbone_matches_recorded_torchvision(recorded):
   images = data['images']
   backbone = resnet.ResNet(depth=50, frozen_bn_eps=float(data['frozen_bn_eps']))
   pyramid = fpn.FPN(channels=256)
-  backbone_variables = convert.convert_resnet(state_dict, 'backbone.body.')
-  fpn_variables = convert.convert_fpn(state_dict, 'backbone.fpn.')
+  backbone_variables = torchvision_weights.convert_resnet(state_dict, 'backbone.body.')
+  fpn_variables = torchvision_weights.convert_fpn(state_dict, 'backbone.fpn.')
 
   def init():
     features, backbone_init = backbone.init_with_output(jax.random.PRNGKey(0), images)
@@ -118,7 +119,7 @@ def test_imagenet_and_detection_body_conversions_agree(recorded):
   imagenet.update({'fc.weight': np.zeros((1000, 2048), np.float32),
                    'fc.bias': np.zeros(1000, np.float32)})
   ours = convert.from_torchvision_resnet(imagenet)
-  reference = convert.convert_resnet(state_dict, prefix)
+  reference = torchvision_weights.convert_resnet(state_dict, prefix)
   jax.tree.map(np.testing.assert_array_equal, ours, reference)
 
 
@@ -129,10 +130,10 @@ def test_missing_and_unexpected_keys_are_named(recorded):
   broken['backbone.fpn.extra_blocks.0.weight'] = np.zeros(3, np.float32)
   with pytest.raises(KeyError, match=r'backbone\.fpn\.layer_blocks\.2\.0\.bias.*'
                                      r'backbone\.fpn\.extra_blocks\.0\.weight'):
-    convert.convert_fpn(broken, 'backbone.fpn.')
+    torchvision_weights.convert_fpn(broken, 'backbone.fpn.')
   del broken['backbone.body.layer3.0.bn2.running_mean']
   with pytest.raises(KeyError, match=r'backbone\.body\.layer3\.0\.bn2\.running_mean'):
-    convert.convert_resnet(broken, 'backbone.body.')
+    torchvision_weights.convert_resnet(broken, 'backbone.body.')
 
 
 def test_load_torch_state_dict_without_torch_says_how_to_install(monkeypatch, tmp_path):

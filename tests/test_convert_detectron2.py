@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax import convert
-from maskrcnn_jax import convert_detectron2
+from maskrcnn_jax.convert import detectron2_weights
 from maskrcnn_jax.model import fpn
 from maskrcnn_jax.model import poolers
 from maskrcnn_jax.model import resnet
@@ -99,22 +99,22 @@ def test_r50_zoo_pkl_matches_recorded_detectron2():
   data, sizes, weights = _load('r50')
   assert sizes['stride_in_1x1'] == 'True' and sizes['input_format'] == 'BGR'
   path = FIXTURES / 'detectron2_r50_fpn.pkl'
-  state_dict = convert_detectron2.load_detectron2_state_dict(path)
+  state_dict = detectron2_weights.load_detectron2_state_dict(path)
   assert set(state_dict) == set(weights)
   for key, value in weights.items():
     np.testing.assert_array_equal(state_dict[key], value, err_msg=key)
-  _check_outputs(data, sizes, convert_detectron2.from_detectron2(str(path)))
+  _check_outputs(data, sizes, detectron2_weights.from_detectron2(str(path)))
 
 
 def test_x101_checkpointer_pth_matches_recorded_detectron2():
   data, sizes, weights = _load('x101')
   assert sizes['stride_in_1x1'] == 'False' and int(sizes['groups']) > 1
   path = FIXTURES / 'detectron2_x101_fpn.pth'
-  state_dict = convert_detectron2.load_detectron2_state_dict(path)
+  state_dict = detectron2_weights.load_detectron2_state_dict(path)
   assert set(state_dict) == set(weights)
   for key, value in weights.items():
     np.testing.assert_array_equal(state_dict[key], value, err_msg=key)
-  _check_outputs(data, sizes, convert_detectron2.from_detectron2(path))
+  _check_outputs(data, sizes, detectron2_weights.from_detectron2(path))
 
 
 def _shapes(tree):
@@ -128,7 +128,7 @@ def test_full_x101_32x8d_keys_cover_our_model():
   data = np.load(FIXTURES / 'detectron2_x101_fpn.npz')
   state_dict = {name: np.broadcast_to(np.float32(0), shape) for name, shape in
                 _names_and_shapes(data['full_names'], data['full_shapes'])}
-  variables = convert_detectron2.from_detectron2(state_dict)
+  variables = detectron2_weights.from_detectron2(state_dict)
   config = config_lib.load_config_file(
       pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'detectron2'
       / 'mask_rcnn_X_101_32x8d_FPN_3x.py')
@@ -144,28 +144,28 @@ def test_state_dict_errors_name_the_keys():
   _, _, weights = _load('r50')
   extra = {**weights, 'roi_heads.keypoint_head.fcn1.weight': np.zeros((1,), np.float32)}
   with pytest.raises(KeyError, match='keypoint_head'):
-    convert_detectron2.from_detectron2(extra)
+    detectron2_weights.from_detectron2(extra)
   missing = dict(weights)
   del missing['backbone.bottom_up.res3.0.conv2.norm.running_var']
   with pytest.raises(KeyError, match=r'res3\.0\.conv2\.norm\.running_var'):
-    convert_detectron2.from_detectron2(missing)
+    detectron2_weights.from_detectron2(missing)
   # Buffers without weights are dropped; a {'model': ...} checkpoint dict is unwrapped.
-  variables = convert_detectron2.from_detectron2(
+  variables = detectron2_weights.from_detectron2(
       {'model': {**weights, 'pixel_mean': np.zeros((3, 1, 1), np.float32)}})
   assert set(variables['params']) == {'backbone', 'fpn', 'rpn', 'box_head', 'mask_head'}
 
 
 def test_refuses_other_files(tmp_path):
   with pytest.raises(FileNotFoundError, match='missing.pkl'):
-    convert_detectron2.from_detectron2(str(tmp_path / 'missing.pkl'))
+    detectron2_weights.from_detectron2(str(tmp_path / 'missing.pkl'))
   path = tmp_path / 'weights.npz'
   path.write_bytes(b'')
   with pytest.raises(ValueError, match=r'\.pkl or \.pth'):
-    convert_detectron2.from_detectron2(str(path))
+    detectron2_weights.from_detectron2(str(path))
   path = tmp_path / 'not_weights.pkl'
   path.write_bytes(pickle.dumps({'model': 'a string, not arrays'}))
   with pytest.raises(ValueError, match='holds no state dict'):
-    convert_detectron2.from_detectron2(str(path))
+    detectron2_weights.from_detectron2(str(path))
 
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from maskrcnn_jax import divergence
+from maskrcnn_jax.train import divergence
 
 
 def _curve(n, seed=0):

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 from pycocotools import mask as mask_util
 
-from maskrcnn_jax import coco_eval
-from maskrcnn_jax import eval_benchmark
+from benchmarks import evaluation as eval_benchmark
+from maskrcnn_jax.evaluation import coco_eval
 from tests.conftest import REPO_ROOT
 
 

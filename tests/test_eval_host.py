@@ -8,10 +8,12 @@ import numpy as np
 from pycocotools import mask as mask_util
 import pytest
 
-from maskrcnn_jax import eval_host
-from maskrcnn_jax import eval_benchmark
+from benchmarks import evaluation as eval_benchmark
 from maskrcnn_jax.data import transforms
-from maskrcnn_jax.ops import masks as mask_ops
+from maskrcnn_jax.evaluation import coco_results
+from maskrcnn_jax.evaluation import region_masks
+from maskrcnn_jax.evaluation import worker_processes
+from maskrcnn_jax.inference import paste
 from tests.conftest import REPO_ROOT
 
 
@@ -43,12 +45,12 @@ def test_region_paste_and_rle_match_the_full_mask(method):
       probs = rng.uniform(0, 1, (size, size)).astype(np.float32)
       if k % 4 == 0:  # saturated: runs spanning whole columns, hence joined across them
         probs[:] = 1.0
-      expected = mask_ops.paste_mask(probs, box, height, width, threshold=0.5, method=method)
-      region, row0, col0 = eval_host.paste_region(probs, box, height, width, 0.5, method)
+      expected = paste.paste_mask(probs, box, height, width, threshold=0.5, method=method)
+      region, row0, col0 = region_masks.paste_region(probs, box, height, width, 0.5, method)
       pasted = np.zeros((height, width), bool)
       pasted[row0:row0 + region.shape[0], col0:col0 + region.shape[1]] = region
       np.testing.assert_array_equal(pasted, expected)
-      assert eval_host.encode_region(region, row0, col0, height, width) == \
+      assert region_masks.encode_region(region, row0, col0, height, width) == \
           _full_rle(expected)
       checked += int(expected.any())
   assert checked > 75  # non-empty masks among the 198 cases
@@ -86,9 +88,9 @@ def test_region_paste_at_the_threshold_matches_the_full_mask(method):
     for kind in ('constant', 'ulps', 'quarters', 'halves'):
       probs = _near_threshold_probs(rng, size, kind)
       for threshold in (0.5, 0.25, np.nextafter(np.float32(0.5), np.float32(1))):
-        expected = mask_ops.paste_mask(probs, box, height, width, threshold, method)
-        region, row0, col0 = eval_host.paste_region(probs, box, height, width, threshold,
-                                                    method)
+        expected = paste.paste_mask(probs, box, height, width, threshold, method)
+        region, row0, col0 = region_masks.paste_region(probs, box, height, width, threshold,
+                                                       method)
         pasted = np.zeros((height, width), bool)
         pasted[row0:row0 + region.shape[0], col0:col0 + region.shape[1]] = region
         np.testing.assert_array_equal(pasted, expected, f'{kind} {box} {threshold}')
@@ -102,8 +104,8 @@ def test_region_paste_of_non_finite_or_huge_probabilities(method):
     probs[rng.integers(0, 14, 5), rng.integers(0, 14, 5)] = value
     box = (3.3, 2.1, 30.7, 25.2)
     with np.errstate(invalid='ignore', over='ignore'):
-      expected = mask_ops.paste_mask(probs, box, 31, 40, 0.5, method)
-      region, row0, col0 = eval_host.paste_region(probs, box, 31, 40, 0.5, method)
+      expected = paste.paste_mask(probs, box, 31, 40, 0.5, method)
+      region, row0, col0 = region_masks.paste_region(probs, box, 31, 40, 0.5, method)
     pasted = np.zeros((31, 40), bool)
     pasted[row0:row0 + region.shape[0], col0:col0 + region.shape[1]] = region
     np.testing.assert_array_equal(pasted, expected, str(value))
@@ -113,14 +115,14 @@ def test_region_paste_of_non_finite_or_huge_probabilities(method):
 def test_image_results_match_full_masks(method):
   outputs, original_hw = eval_benchmark.synthetic_outputs(1, per_image=40, seed=7)
   height, width = original_hw[0]
-  _, segms = eval_host.image_results(
+  _, segms = coco_results.image_results(
       outputs['boxes'][0], outputs['scores'][0], outputs['classes'][0], outputs['masks'][0],
       1, outputs['image_info'][0], original_hw[0], list(range(1, 81)), 0.5, method)
   # Not transposed: the boxes are only scaled from the 800 x 1067 canvas.
   boxes = transforms.resize_boxes(outputs['boxes'][0], 800, 1067, height, width)
   assert len(segms) == 40
   for box, probs, segm in zip(boxes, outputs['masks'][0], segms):
-    expected = mask_ops.paste_mask(probs, box, height, width, 0.5, method)
+    expected = paste.paste_mask(probs, box, height, width, 0.5, method)
     assert segm['segmentation'] == _full_rle(expected), box
 
 
@@ -133,7 +135,7 @@ def test_region_runs_of_random_regions():
     region = rng.uniform(size=(h, w)) < rng.uniform(0, 1)
     full = np.zeros((height, width), bool)
     full[row0:row0 + h, col0:col0 + w] = region
-    runs = eval_host.region_runs(region, row0, col0, height, width)
+    runs = region_masks.region_runs(region, row0, col0, height, width)
     flat = full.T.ravel()  # column-major
     # Reference written from the definition: lengths of maximal equal runs, 0s first.
     boundaries = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
@@ -145,12 +147,12 @@ def test_region_runs_of_random_regions():
 
 def test_batch_results_drop_padding_and_match_per_image_results():
   outputs, original_hw = eval_benchmark.synthetic_outputs(3, per_image=7, seed=2)
-  outputs['image_id'][1] = eval_host.PADDING_IMAGE_ID
+  outputs['image_id'][1] = coco_results.PADDING_IMAGE_ID
   outputs['valid'][2, 3:] = False
   category_ids = list(range(1, eval_benchmark.NUM_CATEGORIES + 1))
-  boxes, segms = eval_host.batch_results(outputs, original_hw, category_ids, 0.5, 'bilinear')
+  boxes, segms = coco_results.batch_results(outputs, original_hw, category_ids, 0.5, 'bilinear')
   assert [r['image_id'] for r in boxes] == [1] * 7 + [3] * 3
-  expected = eval_host.image_results(
+  expected = coco_results.image_results(
       outputs['boxes'][2, :3], outputs['scores'][2, :3], outputs['classes'][2, :3],
       outputs['masks'][2, :3], 3, outputs['image_info'][2], original_hw[2], category_ids,
       0.5, 'bilinear')
@@ -161,28 +163,28 @@ def test_batch_results_drop_padding_and_match_per_image_results():
 def test_a_model_without_masks_gives_the_same_boxes_and_no_segm():
   outputs, original_hw = eval_benchmark.synthetic_outputs(2, per_image=6, seed=4)
   category_ids = list(range(1, eval_benchmark.NUM_CATEGORIES + 1))
-  with_masks = eval_host.batch_results(outputs, original_hw, category_ids, 0.5, 'bilinear')
+  with_masks = coco_results.batch_results(outputs, original_hw, category_ids, 0.5, 'bilinear')
   del outputs['masks']  # Keypoint R-CNN alone: no mask head
-  boxes, segms = eval_host.batch_results(outputs, original_hw, category_ids, 0.5, 'bilinear')
+  boxes, segms = coco_results.batch_results(outputs, original_hw, category_ids, 0.5, 'bilinear')
   assert len(boxes) == 12 and boxes == with_masks[0] and segms == []
 
 
 def test_worker_processes_give_the_same_results():
   outputs, original_hw = eval_benchmark.synthetic_outputs(2, per_image=5, seed=3)
   args = (outputs, original_hw, list(range(1, 81)), 0.5, 'torchvision')
-  with eval_host.process_pool(1) as pool:
-    assert pool.submit(eval_host.batch_results, *args).result() == \
-        eval_host.batch_results(*args)
+  with worker_processes.process_pool(1) as pool:
+    assert pool.submit(coco_results.batch_results, *args).result() == \
+        coco_results.batch_results(*args)
 
 
 def test_started_pool_runs_every_worker_before_returning():
   outputs, original_hw = eval_benchmark.synthetic_outputs(1, per_image=3, seed=4)
   args = (outputs, original_hw, list(range(1, 81)), 0.5, 'bilinear')
-  with eval_host.process_pool(2, started=True) as pool:
+  with worker_processes.process_pool(2, started=True) as pool:
     assert len(pool._processes) == 2  # pylint: disable=protected-access
     assert all(p.is_alive() for p in pool._processes.values())  # pylint: disable=protected-access
-    assert pool.submit(eval_host.batch_results, *args).result() == \
-        eval_host.batch_results(*args)
+    assert pool.submit(coco_results.batch_results, *args).result() == \
+        coco_results.batch_results(*args)
 
 
 def test_worker_processes_do_not_rerun_the_main_script(tmp_path):
@@ -191,19 +193,19 @@ def test_worker_processes_do_not_rerun_the_main_script(tmp_path):
   script = tmp_path / 'main_script.py'
   script.write_text(textwrap.dedent(f"""
       import os
-      from maskrcnn_jax import eval_host
+      from maskrcnn_jax.evaluation import worker_processes
       with open({str(tmp_path / 'runs')!r}, 'a') as f:
         f.write(str(os.getpid()) + chr(10))
       if __name__ == '__main__':
-        with eval_host.process_pool(2, started=True) as pool:
-          assert pool.submit(eval_host.num_workers, 3).result() == 3
+        with worker_processes.process_pool(2, started=True) as pool:
+          assert pool.submit(worker_processes.num_workers, 3).result() == 3
   """))
   subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, check=True, timeout=120)
   assert len((tmp_path / 'runs').read_text().splitlines()) == 1
 
 
 def test_num_workers():
-  assert eval_host.num_workers(0) == 0 and eval_host.num_workers(3) == 3
-  assert 1 <= eval_host.num_workers(-1) <= 8
+  assert worker_processes.num_workers(0) == 0 and worker_processes.num_workers(3) == 3
+  assert 1 <= worker_processes.num_workers(-1) <= 8
   with pytest.raises(ValueError, match='eval.host_workers'):
-    eval_host.num_workers(-2)
+    worker_processes.num_workers(-2)

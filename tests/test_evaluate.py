@@ -15,17 +15,26 @@ from pycocotools.cocoeval import COCOeval
 import pytest
 
 from maskrcnn_jax import checkpoint
-from maskrcnn_jax import evaluate
-from maskrcnn_jax import parallel
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import image_files
+from maskrcnn_jax.data import mask_decoding
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
+from maskrcnn_jax.evaluation import coco_results
+from maskrcnn_jax.evaluation import evaluator as evaluator_lib
+from maskrcnn_jax.evaluation import metrics as metrics_lib
+from maskrcnn_jax.inference.predictor import Predictor
 from maskrcnn_jax.model import mask_rcnn
-from maskrcnn_jax.predictor import Predictor
-from tests.conftest import REPO_ROOT
+from maskrcnn_jax.runtime import distributed
 from tests.conftest import load_config
+from tests.conftest import REPO_ROOT
 from tests.test_train import tiny_config
 
+
+def _encode_mask(mask: np.ndarray) -> dict:
+  """[H, W] bool -> COCO compressed RLE with str counts, as a results file holds it."""
+  rle = mask_util.encode(np.asfortranarray(np.asarray(mask, np.uint8)[:, :, None]))[0]
+  return {'size': [int(s) for s in rle['size']], 'counts': rle['counts'].decode('ascii')}
 
 def _shapes_split(root, num_images=12, size=64, seed=0):
   annotations, images = shapes.write_split(str(root), 'val', num_images, size, seed=seed)
@@ -36,13 +45,13 @@ def _gt_as_results(dataset):
   """Every non-crowd instance of the records as a score-1 detection (boxes, RLE masks)."""
   bbox_results, segm_results = [], []
   for record in dataset.records:
-    masks = coco.decode_masks(record)
+    masks = mask_decoding.decode_masks(record)
     for i in np.flatnonzero(~record.is_crowd):
       common = {'image_id': record.image_id, 'score': 1.0,
                 'category_id': dataset.category_ids[record.classes[i] - 1]}
       x1, y1, x2, y2 = record.boxes[i].tolist()
       bbox_results.append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
-      segm_results.append(dict(common, segmentation=evaluate.encode_mask(masks[i] > 0)))
+      segm_results.append(dict(common, segmentation=_encode_mask(masks[i] > 0)))
   return bbox_results, segm_results
 
 
@@ -51,7 +60,7 @@ def _names(dataset):
 
 
 def _assert_perfect(metrics):
-  for iou_type in evaluate.IOU_TYPES:
+  for iou_type in metrics_lib.IOU_TYPES:
     assert metrics[iou_type]['AP'] == pytest.approx(1.0), iou_type
     assert metrics[iou_type]['AP75'] == pytest.approx(1.0), iou_type
     for name, ap in metrics[iou_type]['per_category'].items():
@@ -62,15 +71,15 @@ def test_ground_truth_as_predictions_scores_one_on_shapes(tmp_path):
   dataset = _shapes_split(tmp_path)
   assert any(r.is_crowd.any() for r in dataset.records)  # crowd regions are present
   bbox_results, segm_results = _gt_as_results(dataset)
-  from_file = evaluate.ground_truth(dataset)
-  _assert_perfect(evaluate.coco_metrics(from_file, bbox_results, segm_results,
-                                        _names(dataset)))
+  from_file = metrics_lib.ground_truth(dataset)
+  _assert_perfect(metrics_lib.coco_metrics(from_file, bbox_results, segm_results,
+                                           _names(dataset)))
   # The TFDS path: the same split rebuilt from its records.
   no_file = dataclasses.replace(dataset, annotation_file=str(tmp_path / 'tfds val'))
-  from_records = evaluate.ground_truth(no_file)
+  from_records = metrics_lib.ground_truth(no_file)
   assert len(from_records.dataset["annotations"]) == len(from_file.dataset["annotations"])
-  _assert_perfect(evaluate.coco_metrics(from_records, bbox_results, segm_results,
-                                        _names(dataset)))
+  _assert_perfect(metrics_lib.coco_metrics(from_records, bbox_results, segm_results,
+                                           _names(dataset)))
 
 
 def test_ground_truth_as_predictions_scores_one_on_real_coco(coco_tiny):
@@ -78,8 +87,8 @@ def test_ground_truth_as_predictions_scores_one_on_real_coco(coco_tiny):
                            coco_tiny / 'val2017', filter_empty=False)
   assert sum(int(r.is_crowd.sum()) for r in dataset.records) == 5
   bbox_results, segm_results = _gt_as_results(dataset)
-  _assert_perfect(evaluate.coco_metrics(evaluate.ground_truth(dataset), bbox_results,
-                                        segm_results, _names(dataset)))
+  _assert_perfect(metrics_lib.coco_metrics(metrics_lib.ground_truth(dataset), bbox_results,
+                                           segm_results, _names(dataset)))
 
 
 def _known_detections(dataset):
@@ -87,7 +96,7 @@ def _known_detections(dataset):
   rng = np.random.default_rng(0)
   bbox_results, segm_results = [], []
   for record in dataset.records:
-    masks = coco.decode_masks(record)
+    masks = mask_decoding.decode_masks(record)
     for i in np.flatnonzero(~record.is_crowd):
       category = dataset.category_ids[record.classes[i] - 1]
       x1, y1, x2, y2 = record.boxes[i].tolist()
@@ -102,7 +111,7 @@ def _known_detections(dataset):
         common = {'image_id': record.image_id, 'category_id': category_id,
                   'score': float(rng.uniform(0.05, 1.0))}
         bbox_results.append(dict(common, bbox=[x1 + dx, y1, x2 - x1, y2 - y1]))
-        segm_results.append(dict(common, segmentation=evaluate.encode_mask(
+        segm_results.append(dict(common, segmentation=_encode_mask(
             np.roll(masks[i] > 0, dx, axis=1))))
     # A miss: a box and mask in the top-left corner.
     common = {'image_id': record.image_id, 'category_id': dataset.category_ids[0],
@@ -110,7 +119,7 @@ def _known_detections(dataset):
     miss = np.zeros((record.height, record.width), bool)
     miss[:6, :6] = True
     bbox_results.append(dict(common, bbox=[0.0, 0.0, 6.0, 6.0]))
-    segm_results.append(dict(common, segmentation=evaluate.encode_mask(miss)))
+    segm_results.append(dict(common, segmentation=_encode_mask(miss)))
   return bbox_results, segm_results
 
 
@@ -128,11 +137,11 @@ def test_known_detections_give_pycocotools_numbers(tmp_path):
   dataset = _shapes_split(tmp_path)
   bbox_results, segm_results = _known_detections(dataset)
   coco_gt = COCO(dataset.annotation_file)
-  metrics = evaluate.coco_metrics(evaluate.ground_truth(dataset), bbox_results, segm_results,
-                                  _names(dataset))
+  metrics = metrics_lib.coco_metrics(metrics_lib.ground_truth(dataset), bbox_results, segm_results,
+                                     _names(dataset))
   for iou_type, results in (('bbox', bbox_results), ('segm', segm_results)):
     stats = _pycocotools_stats(coco_gt, results, iou_type)
-    np.testing.assert_allclose([metrics[iou_type][n] for n in evaluate.STAT_NAMES], stats,
+    np.testing.assert_allclose([metrics[iou_type][n] for n in metrics_lib.STAT_NAMES], stats,
                                rtol=0, atol=1e-12)
     assert 0.1 < metrics[iou_type]['AP'] < 0.9, metrics[iou_type]['AP']
     for category_id, name in _names(dataset).items():
@@ -140,26 +149,26 @@ def test_known_detections_give_pycocotools_numbers(tmp_path):
       assert metrics[iou_type]['per_category'][name] == pytest.approx(expected, abs=1e-12)
   # The ground truth rebuilt from the records (TFDS path) gives the same numbers.
   no_file = dataclasses.replace(dataset, annotation_file=str(tmp_path / 'tfds val'))
-  assert evaluate.coco_metrics(evaluate.ground_truth(no_file), bbox_results, segm_results,
-                               _names(dataset)) == metrics
+  assert metrics_lib.coco_metrics(metrics_lib.ground_truth(no_file), bbox_results, segm_results,
+                                  _names(dataset)) == metrics
 
 
 def test_no_detections_give_zeros(tmp_path):
   dataset = _shapes_split(tmp_path, num_images=4)
-  metrics = evaluate.coco_metrics(evaluate.ground_truth(dataset), [], [], _names(dataset))
-  for iou_type in evaluate.IOU_TYPES:
+  metrics = metrics_lib.coco_metrics(metrics_lib.ground_truth(dataset), [], [], _names(dataset))
+  for iou_type in metrics_lib.IOU_TYPES:
     assert metrics[iou_type]['AP'] == 0.0 and metrics[iou_type]['AR100'] == 0.0
-  flat = evaluate.flat_metrics(metrics)
-  assert set(flat) == {f'{t}/{n}' for t in evaluate.IOU_TYPES for n in evaluate.STAT_NAMES}
+  flat = metrics_lib.flat_metrics(metrics)
+  assert set(flat) == {f'{t}/{n}' for t in metrics_lib.IOU_TYPES for n in metrics_lib.STAT_NAMES}
 
 
 def test_model_classes_map_to_category_ids(tmp_path):
   dataset = dataclasses.replace(_shapes_split(tmp_path, num_images=1), category_ids=(1, 3, 7, 9))
-  assert evaluate._category_id_of_class(4, dataset) == (1, 3, 7, 9)  # contiguous classes
+  assert evaluator_lib.category_id_of_class(4, dataset) == (1, 3, 7, 9)  # contiguous classes
   # torchvision's COCO models: a class for every id, the label is the id.
-  assert evaluate._category_id_of_class(10, dataset) == tuple(range(1, 11))
+  assert evaluator_lib.category_id_of_class(10, dataset) == tuple(range(1, 11))
   with pytest.raises(ValueError, match='num_classes = 5 .* 4 categories'):
-    evaluate._category_id_of_class(5, dataset)
+    evaluator_lib.category_id_of_class(5, dataset)
 
 
 def _eval_config(root):
@@ -201,10 +210,10 @@ def test_evaluator_matches_a_per_image_predictor_loop(tmp_path):
   config = _eval_config(tmp_path / 'data')
   variables = _random_variables(config)
   dataset = pipeline.load_split(config.data, 'val')
-  evaluator = evaluate.Evaluator(config, dataset, parallel.data_mesh())
+  evaluator = evaluator_lib.Evaluator(config, dataset, distributed.data_mesh())
   workdir = tmp_path / 'eval'
   metrics = evaluator(variables, workdir=str(workdir), progress=False)
-  assert evaluator.forward._cache_size() == 1  # pylint: disable=protected-access
+  assert evaluator.forward._cache_size() == 1
   assert metrics['images'] == 5 and metrics['images_per_second'] > 0
   assert json.loads((workdir / 'metrics.json').read_text())['bbox'] == metrics['bbox']
   bbox_results = json.loads((workdir / 'results_bbox.json').read_text())
@@ -225,7 +234,7 @@ def test_evaluator_matches_a_per_image_predictor_loop(tmp_path):
 
   predictor = Predictor(config, variables, dataset.category_ids)
   for record in dataset.records:
-    expected = predictor(coco.read_image(record))
+    expected = predictor(image_files.read_image(record))
     boxes = [r for r in bbox_results if r['image_id'] == record.image_id]
     segms = [r for r in segm_results if r['image_id'] == record.image_id]
     assert len(boxes) == len(expected['boxes'])
@@ -273,8 +282,8 @@ def test_script_evaluates_a_checkpoint_and_names_a_missing_one(tmp_path):
 
 def test_metrics_of_each_step_are_kept(tmp_path):
   for step, ap in ((100, 0.25), (50, 0.125), (200, 0.5)):
-    evaluate.write_metrics(str(tmp_path), {'bbox': {'AP': ap}, 'step': step,
-                                           'checkpoint': f'ckpt/{step}'})
+    metrics_lib.write_metrics(str(tmp_path), {'bbox': {'AP': ap}, 'step': step,
+                                              'checkpoint': f'ckpt/{step}'})
   assert json.loads((tmp_path / 'metrics.json').read_text())['step'] == 200  # the latest
   by_step = json.loads((tmp_path / 'metrics_by_step.json').read_text())
   assert list(by_step) == ['50', '100', '200']
@@ -295,9 +304,9 @@ def test_script_evaluates_results_files_without_a_model(tmp_path):
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
-  expected = evaluate.coco_metrics(evaluate.ground_truth(dataset), bbox_results,
-                                   segm_results, _names(dataset), 'pycocotools')
-  for iou_type in evaluate.IOU_TYPES:
+  expected = metrics_lib.coco_metrics(metrics_lib.ground_truth(dataset), bbox_results,
+                                      segm_results, _names(dataset), 'pycocotools')
+  for iou_type in metrics_lib.IOU_TYPES:
     assert written[iou_type] == expected[iou_type]
   assert written['results_files'] == [str(p) for p in paths]
   assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all' in result.stdout
@@ -315,13 +324,14 @@ def test_transposed_detections_give_the_untransposed_results():
   scores, classes = np.array([0.9, 0.4], np.float32), np.array([1, 2], np.int32)
   eval_config = load_config('tiny').eval
   info = np.array([48, 32, 0.5, 0, 0], np.float32)  # resized 48 x 32 of a 96 x 64 image
-  plain = evaluate.detections_to_results(boxes, scores, classes, probs, 7, info, (96, 64),
-                                         (1, 3), eval_config)
+  threshold, paste = eval_config.mask_threshold, eval_config.mask_paste
+  plain = coco_results.image_results(boxes, scores, classes, probs, 7, info, (96, 64), (1, 3),
+                                     threshold, paste)
   # The same detections of the image lying transposed (32 x 48) on a landscape canvas.
   transposed_info = np.array([32, 48, 0.5, 0, 1], np.float32)
-  transposed = evaluate.detections_to_results(
+  transposed = coco_results.image_results(
       boxes[:, [1, 0, 3, 2]], scores, classes, probs.transpose(0, 2, 1), 7, transposed_info,
-      (96, 64), (1, 3), eval_config)
+      (96, 64), (1, 3), threshold, paste)
   assert plain == transposed
   np.testing.assert_allclose(plain[0][0]['bbox'], [6.0, 11.0, 74.0, 29.5])
   assert mask_util.decode(plain[1][0]['segmentation']).shape == (96, 64)
@@ -389,15 +399,15 @@ def test_evaluator_on_two_canvases_matches_the_predictor(tmp_path):
   d.image_size, d.extra_canvases, d.transpose_portrait = (128, 128), ((64, 128),), True
   variables = _random_variables(config)
   dataset = pipeline.load_split(d, 'val')
-  evaluator = evaluate.Evaluator(config, dataset, parallel.data_mesh())
+  evaluator = evaluator_lib.Evaluator(config, dataset, distributed.data_mesh())
   workdir = tmp_path / 'eval'
   evaluator(variables, workdir=str(workdir), progress=False)
-  assert evaluator.forward._cache_size() == 2  # pylint: disable=protected-access
+  assert evaluator.forward._cache_size() == 2
   bbox_results = json.loads((workdir / 'results_bbox.json').read_text())
   segm_results = json.loads((workdir / 'results_segm.json').read_text())
   predictor = Predictor(config, variables, dataset.category_ids)
   for record in dataset.records:
-    expected = predictor(coco.read_image(record))
+    expected = predictor(image_files.read_image(record))
     boxes = np.array([r['bbox'] for r in bbox_results if r['image_id'] == record.image_id])
     segms = [r for r in segm_results if r['image_id'] == record.image_id]
     assert len(boxes) == len(expected['boxes']) > 0

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax import checkpoint
-from maskrcnn_jax import export
 from maskrcnn_jax import image_info as info_lib
-from maskrcnn_jax import train
+from maskrcnn_jax.inference import export
 from maskrcnn_jax.model import mask_rcnn
+from maskrcnn_jax.train import step as step_lib
 from tests.conftest import REPO_ROOT, load_config
 
 # Runs an artifact in a process that never built the model: argv = artifact, inputs, out.
 RUN_ARTIFACT = '''
 import sys
 import numpy as np
-from maskrcnn_jax import export
+from maskrcnn_jax.inference import export
 exported, meta = export.load(sys.argv[1])
 inputs = np.load(sys.argv[2])
 outputs = export.run(exported, inputs['images'], inputs['image_info'])
@@ -62,7 +62,7 @@ def _check_same(outputs, expected, tolerance=1e-5):
 def tiny():
   config = load_config('tiny')
   model = mask_rcnn.MaskRCNN(config.model)
-  variables = train.init_variables(model, tuple(config.data.image_size), jax.random.key(3))
+  variables = step_lib.init_variables(model, tuple(config.data.image_size), jax.random.key(3))
   return config, model, variables
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax import config as config_lib
-from maskrcnn_jax import optimizer as optimizer_lib
+from maskrcnn_jax.train import optimizer as optimizer_lib
 
 
 def _train_config(**overrides):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax import convert
-from maskrcnn_jax.predictor import Predictor
+from maskrcnn_jax.inference.predictor import Predictor
 from tests.conftest import FIXTURES
 from tests.conftest import reduced_detectron2_config
 from tests.tools import seeded_weights

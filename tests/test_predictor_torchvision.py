@@ -16,11 +16,11 @@ import pytest
 
 from maskrcnn_jax import checkpoint
 from maskrcnn_jax import convert
+from maskrcnn_jax.inference.predictor import Predictor
 from maskrcnn_jax.model import mask_rcnn
-from maskrcnn_jax.predictor import Predictor
 from tests.conftest import FIXTURES
-from tests.conftest import REPO_ROOT
 from tests.conftest import load_config
+from tests.conftest import REPO_ROOT
 from tests.tools import seeded_weights
 
 NUM_IMAGES = 3

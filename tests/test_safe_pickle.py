@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from maskrcnn_jax import safe_pickle
+from maskrcnn_jax.convert import safe_pickle
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 

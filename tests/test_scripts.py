@@ -9,12 +9,12 @@ import numpy as np
 from PIL import Image
 
 from maskrcnn_jax import checkpoint
-from maskrcnn_jax import train
-from maskrcnn_jax import workdir
 from maskrcnn_jax.data import shapes
 from maskrcnn_jax.model import mask_rcnn
-from tests.conftest import REPO_ROOT
+from maskrcnn_jax.train import step as step_lib
+from maskrcnn_jax.train import workdir as workdir_lib
 from tests.conftest import load_config
+from tests.conftest import REPO_ROOT
 
 
 def test_predict_writes_a_drawing_and_json_per_image(tmp_path):
@@ -26,8 +26,8 @@ def test_predict_writes_a_drawing_and_json_per_image(tmp_path):
 
   config = load_config('shapes_demo')
   height, width = config.data.image_size
-  variables = train.init_variables(mask_rcnn.MaskRCNN(config.model), (height, width),
-                                   jax.random.key(0))
+  variables = step_lib.init_variables(mask_rcnn.MaskRCNN(config.model), (height, width),
+                                      jax.random.key(0))
   checkpoint.save_variables(str(tmp_path / 'ckpt'), variables)
 
   subprocess.run(
@@ -69,8 +69,8 @@ def test_predict_reads_a_training_run_and_survives_bad_inputs(tmp_path):
   checkpoint.save_train_state(str(run / 'checkpoints'), 500, dict(
       variables, step=np.int32(500), opt_state={'momentum': variables['params']}), keep=1)
   names = [c['name'] for c in shapes.CATEGORIES]
-  workdir.save_run_files(str(run), config, [c['id'] for c in shapes.CATEGORIES], names,
-                         'instances_train.json')
+  workdir_lib.save_run_files(str(run), config, [c['id'] for c in shapes.CATEGORIES], names,
+                             'instances_train.json')
 
   result = subprocess.run(
       [sys.executable, str(REPO_ROOT / 'scripts' / 'predict.py'),

@@ -7,19 +7,19 @@ import jax
 import numpy as np
 import pytest
 
-from maskrcnn_jax import export
 from maskrcnn_jax import image_info as info_lib
-from maskrcnn_jax import predictor as predictor_lib
-from maskrcnn_jax import serving
-from maskrcnn_jax import train
+from maskrcnn_jax.inference import export
+from maskrcnn_jax.inference import predictor as predictor_lib
+from maskrcnn_jax.inference import serving
 from maskrcnn_jax.model import mask_rcnn
+from maskrcnn_jax.train import step as step_lib
 from tests.conftest import REPO_ROOT, load_config
 
 # A server with nothing but the artifact folder: argv = artifact, images.npz, out.npz.
 SERVE = '''
 import sys
 import numpy as np
-from maskrcnn_jax import export
+from maskrcnn_jax.inference import export
 exported, meta = export.load(sys.argv[1])
 inputs = np.load(sys.argv[2])
 images = [inputs[f'image{i}'] for i in range(len(inputs.files))]
@@ -49,7 +49,7 @@ def _images():
 def model_and_variables():
   config = _landscape_config()
   model = mask_rcnn.MaskRCNN(config.model)
-  variables = train.init_variables(model, tuple(config.data.image_size), jax.random.key(5))
+  variables = step_lib.init_variables(model, tuple(config.data.image_size), jax.random.key(5))
   return config, model, variables
 
 

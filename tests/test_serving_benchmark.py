@@ -3,16 +3,16 @@
 import jax
 import numpy as np
 
-from maskrcnn_jax import serving_benchmark
-from maskrcnn_jax import train
+from benchmarks import serving as serving_benchmark
 from maskrcnn_jax.model import mask_rcnn
+from maskrcnn_jax.train import step as step_lib
 from tests.conftest import load_config
 
 
 def test_stablehlo_row_matches_the_jitted_forward():
   config = load_config('tiny')
-  variables = train.init_variables(mask_rcnn.MaskRCNN(config.model),
-                                   tuple(config.data.image_size), jax.random.key(0))
+  variables = step_lib.init_variables(mask_rcnn.MaskRCNN(config.model),
+                                      tuple(config.data.image_size), jax.random.key(0))
   result = serving_benchmark.run(config, variables, batch_size=2, steps=2,
                                  paths=('stablehlo',))
   rows = {r['path']: r for r in result['rows']}

@@ -17,14 +17,15 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from maskrcnn_jax import checkpoint
-from maskrcnn_jax import evaluate
-from maskrcnn_jax import parallel
-from maskrcnn_jax import train
-from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
-from tests.conftest import REPO_ROOT
+from maskrcnn_jax.data import structures
+from maskrcnn_jax.evaluation import evaluator as evaluator_lib
+from maskrcnn_jax.runtime import distributed
+from maskrcnn_jax.train import loop
+from maskrcnn_jax.train import step as step_lib
 from tests.conftest import load_config
+from tests.conftest import REPO_ROOT
 from tests.conftest import run_on_eight_cpu_devices
 
 LOSS_TERMS = ('rpn_cls', 'rpn_box', 'cls', 'box', 'mask')
@@ -48,14 +49,14 @@ def test_every_loss_term_falls_and_the_step_compiles_once(tmp_path):
   config = tiny_config(str(tmp_path / 'shapes'))
   config.model.roi_heads.batch_size_per_image = 64  # more foreground RoIs: less noise
   batch = _first_batch(config, 2)
-  mesh = parallel.data_mesh()
-  model, optimizer, state = train.create_train_state(config, jax.random.key(0))
-  step = train.jit_train_step(model, optimizer, config.train, mesh)
-  state = parallel.replicate(state, mesh)
+  mesh = distributed.data_mesh()
+  model, optimizer, state = step_lib.create_train_state(config, jax.random.key(0))
+  step = step_lib.jit_train_step(model, optimizer, config.train, mesh)
+  state = distributed.replicate(state, mesh)
   key = jax.random.key(1)
   history = []
   for _ in range(150):  # the same batch: the losses must fall as the model fits it
-    state, metrics = step(state, parallel.host_batch_to_global(batch, mesh), key)
+    state, metrics = step(state, distributed.host_batch_to_global(batch, mesh), key)
     history.append(jax.device_get(metrics))
   assert step._cache_size() == 1  # pylint: disable=protected-access
   assert int(state.step) == 150
@@ -76,20 +77,21 @@ def test_every_loss_term_falls_and_the_step_compiles_once(tmp_path):
 _EIGHT_DEVICES = textwrap.dedent('''
     import sys, jax, numpy as np
     sys.path.insert(0, {repo!r})
-    from maskrcnn_jax import parallel, train
+    from maskrcnn_jax.runtime import distributed
+    from maskrcnn_jax.train import step as step_lib
     from tests.test_train import tiny_config, _first_batch
     assert jax.device_count() == 8
     config = tiny_config({root!r})
     batch = _first_batch(config, 8)
-    model, optimizer, state = train.create_train_state(config, jax.random.key(0))
+    model, optimizer, state = step_lib.create_train_state(config, jax.random.key(0))
     state = jax.device_get(state)  # host copy: each mesh gets its own (donated) buffers
     key = jax.random.key(1)
-    one = jax.sharding.Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
+    one = jax.sharding.Mesh(np.array(jax.devices()[:1]), (distributed.DATA_AXIS,))
     results = []
-    for mesh in (parallel.data_mesh(), one):
-      step = train.jit_train_step(model, optimizer, config.train, mesh)
-      new_state, metrics = step(parallel.replicate(state, mesh),
-                                parallel.host_batch_to_global(batch, mesh), key)
+    for mesh in (distributed.data_mesh(), one):
+      step = step_lib.jit_train_step(model, optimizer, config.train, mesh)
+      new_state, metrics = step(distributed.replicate(state, mesh),
+                                distributed.host_batch_to_global(batch, mesh), key)
       results.append(jax.device_get((new_state.params, metrics)))
     (params_8, metrics_8), (params_1, metrics_1) = results
     for term in ('rpn_cls', 'rpn_box', 'cls', 'box', 'mask', 'total'):
@@ -157,15 +159,15 @@ def test_a_bfloat16_step_follows_the_float32_step(tmp_path):
   m.roi_heads.batch_size_per_image = anchors + config.data.max_instances
   m.roi_heads.positive_fraction = 1.0
   batch = _first_batch(config, 2)
-  mesh = parallel.data_mesh()
+  mesh = distributed.data_mesh()
   metrics, updates = {}, {}
   for dtype in ('float32', 'bfloat16'):
     config.model.dtype = dtype
-    model, optimizer, state = train.create_train_state(config, jax.random.key(0))
+    model, optimizer, state = step_lib.create_train_state(config, jax.random.key(0))
     before = jax.device_get(state.params)
-    step = train.jit_train_step(model, optimizer, config.train, mesh)
+    step = step_lib.jit_train_step(model, optimizer, config.train, mesh)
     state, metrics[dtype] = jax.device_get(step(
-        parallel.replicate(state, mesh), parallel.host_batch_to_global(batch, mesh),
+        distributed.replicate(state, mesh), distributed.host_batch_to_global(batch, mesh),
         jax.random.key(1)))
     assert {p.dtype for p in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
     updates[dtype] = jax.tree.map(lambda new, old: new - old, state.params, before)
@@ -184,10 +186,10 @@ def test_a_bfloat16_step_follows_the_float32_step(tmp_path):
 def test_interrupted_run_resumes_exactly_and_its_checkpoint_evaluates_the_same(tmp_path):
   config = _loop_config(tmp_path, 4)
   config.train.eval_every = 2
-  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  straight = loop.train_and_evaluate(config, str(tmp_path / 'straight'))
   # The same run stopped after 2 steps (as if killed after its checkpoint), then resumed.
-  train.train_and_evaluate(_loop_config(tmp_path, 2), str(tmp_path / 'resumed'))
-  resumed = train.train_and_evaluate(_loop_config(tmp_path, 4), str(tmp_path / 'resumed'))
+  loop.train_and_evaluate(_loop_config(tmp_path, 2), str(tmp_path / 'resumed'))
+  resumed = loop.train_and_evaluate(_loop_config(tmp_path, 4), str(tmp_path / 'resumed'))
   assert straight['step'] == resumed['step'] == 4
   jax.tree.map(np.testing.assert_array_equal, _params(tmp_path / 'straight', 4),
                _params(tmp_path / 'resumed', 4))
@@ -207,8 +209,8 @@ def test_interrupted_run_resumes_exactly_and_its_checkpoint_evaluates_the_same(t
   assert scalars['eval/segm/AP'][-1][1] == pytest.approx(straight['eval']['segm']['AP'])
   # The final checkpoint evaluated on its own gives the training-time numbers.
   config = _loop_config(tmp_path, 4)
-  evaluator = evaluate.Evaluator(config, pipeline.load_split(config.data, 'val'),
-                                 parallel.data_mesh())
+  evaluator = evaluator_lib.Evaluator(config, pipeline.load_split(config.data, 'val'),
+                                      distributed.data_mesh())
   again = evaluator(checkpoint.load_variables(str(tmp_path / 'straight' / 'checkpoints')))
   for iou_type in ('bbox', 'segm'):
     assert again[iou_type] == straight['eval'][iou_type], iou_type
@@ -227,7 +229,7 @@ def test_a_diverging_run_stops_and_keeps_only_finite_checkpoints(tmp_path):
   config.data.val_annotations = ''
   config.train.base_lr, config.train.checkpoint_every = 1e6, 1
   with pytest.raises(FloatingPointError, match='NaN or Inf.*(last good|No kept) checkpoint'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
   for step in os.listdir(tmp_path / 'run' / 'checkpoints'):
     for leaf in jax.tree.leaves(_params(tmp_path / 'run', step)):
       assert np.all(np.isfinite(leaf)), step
@@ -246,7 +248,7 @@ def test_the_nan_stop_names_the_last_checkpoint_before_the_spike(tmp_path):
   for h in history:
     h.update({k: h['total'] for k in LOSS_TERMS})
   with pytest.raises(FloatingPointError) as error:
-    train._check_finite(history, 60, directory, series)  # pylint: disable=protected-access
+    loop._check_finite(history, 60, directory, series)  # pylint: disable=protected-access
   message = str(error.value)
   assert message.startswith('step 64: box, cls, grad_norm, mask, rpn_box, rpn_cls, total '
                             'became NaN or Inf')
@@ -261,12 +263,12 @@ def test_init_from_checkpoint_loads_a_backbone_and_skips_other_shapes():
                'batch_stats': {'backbone': {'mean': zeros(3)}}}
   loaded = {'params': {'backbone': {'w': np.arange(3.0)}, 'box_head': {'k': np.ones((2, 91))}},
             'batch_stats': {'backbone': {'mean': np.full(3, 2.0)}}}
-  merged = train.init_from_checkpoint(variables, loaded, 'ckpt')
+  merged = step_lib.init_from_checkpoint(variables, loaded, 'ckpt')
   np.testing.assert_array_equal(merged['params']['backbone']['w'], [0, 1, 2])
   np.testing.assert_array_equal(merged['batch_stats']['backbone']['mean'], [2, 2, 2])
   np.testing.assert_array_equal(merged['params']['box_head']['k'], np.zeros((2, 5)))
   with pytest.raises(KeyError, match=r'ckpt: .*params/fpn/w'):
-    train.init_from_checkpoint(variables, {'params': {'fpn': {'w': np.zeros(3)}}}, 'ckpt')
+    step_lib.init_from_checkpoint(variables, {'params': {'fpn': {'w': np.zeros(3)}}}, 'ckpt')
 
 
 def test_train_script_rejects_unknown_keys_and_needs_a_workdir(tmp_path):
@@ -286,7 +288,7 @@ class _Compiled(Exception):
 def _stop_at_compile(monkeypatch):
   def create_train_state(config, key):
     raise _Compiled()
-  monkeypatch.setattr(train, 'create_train_state', create_train_state)
+  monkeypatch.setattr(step_lib, 'create_train_state', create_train_state)
 
 
 @pytest.mark.parametrize('num_classes', [2, 91])
@@ -299,7 +301,7 @@ def test_num_classes_other_than_the_datasets_is_refused_before_compiling(
   config.model.num_classes = num_classes
   with pytest.raises(ValueError, match=rf'num_classes = {num_classes} but '
                                        r'.*instances_train\.json has 4 categories'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_a_val_file_without_area_is_refused_before_training(tmp_path, monkeypatch):
@@ -310,16 +312,16 @@ def test_a_val_file_without_area_is_refused_before_training(tmp_path, monkeypatc
   del data['annotations'][1]['area']
   with open(config.data.val_annotations, 'w') as f:
     json.dump(data, f)
-  with pytest.raises(coco.CocoFormatError, match=rf'instances_val\.json: annotation id '
-                                                 rf'{data["annotations"][1]["id"]}: no area'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  with pytest.raises(structures.CocoFormatError, match=rf'instances_val\.json: annotation id '
+                     rf'{data["annotations"][1]["id"]}: no area'):
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_resuming_with_another_config_names_the_keys(tmp_path, monkeypatch, caplog):
   _stop_at_compile(monkeypatch)
   run = tmp_path / 'run'
   with pytest.raises(_Compiled):
-    train.train_and_evaluate(_loop_config(tmp_path, 2), str(run))
+    loop.train_and_evaluate(_loop_config(tmp_path, 2), str(run))
   saved = json.loads((run / 'config.json').read_text())
   assert saved['model.fpn.channels'] == 16 and saved['data.image_size'] == [64, 64]
   assert json.loads((run / 'categories.json').read_text())['categories'] == list(
@@ -328,19 +330,19 @@ def test_resuming_with_another_config_names_the_keys(tmp_path, monkeypatch, capl
   changed = _loop_config(tmp_path, 4)  # a longer schedule and fewer workers may change
   changed.data.num_workers = 1
   with pytest.raises(_Compiled):
-    train.train_and_evaluate(changed, str(run))
+    loop.train_and_evaluate(changed, str(run))
   assert json.loads((run / 'config.json').read_text())['train.num_steps'] == 4
   changed.train.base_lr = 0.01  # lowered to resume a diverged run
   with pytest.raises(_Compiled):
-    train.train_and_evaluate(changed, str(run))
+    loop.train_and_evaluate(changed, str(run))
   # A key of another version of config.py is not the user's change: warned, not refused.
   saved = json.loads((run / 'config.json').read_text())
   saved['model.retired_key'] = 1
   (run / 'config.json').write_text(json.dumps(saved))
   with pytest.raises(_Compiled), caplog.at_level(logging.WARNING):
-    train.train_and_evaluate(changed, str(run))
+    loop.train_and_evaluate(changed, str(run))
   assert 'not compared: model.retired_key' in caplog.text
   changed.model.fpn.channels, changed.train.batch_size = 32, 4
   with pytest.raises(ValueError, match=r'another config .*model\.fpn\.channels: 16 -> 32; '
                                        r'train\.batch_size: 2 -> 4\. '):
-    train.train_and_evaluate(changed, str(run))
+    loop.train_and_evaluate(changed, str(run))

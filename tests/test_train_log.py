@@ -4,7 +4,7 @@ import logging
 import re
 import sys
 
-from maskrcnn_jax import train_log
+from maskrcnn_jax.train import log as train_log
 
 
 def test_log_lines_print_above_the_bar(tmp_path, capsys):

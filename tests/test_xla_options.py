@@ -4,12 +4,12 @@ other backends get no options."""
 import logging
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskrcnn_jax import xla_options
+from maskrcnn_jax.runtime import compiler
 
 needs_cpu = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU options')
 
@@ -29,14 +29,14 @@ def _ynn_convolutions(hlo: str) -> list[str]:
 
 @needs_cpu
 def test_cpu_convolutions_compile_outside_ynnpack_with_the_same_results():
-  options = xla_options.compiler_options()
-  assert options == xla_options.CPU_OPTIONS
+  options = compiler.compiler_options()
+  assert options == compiler.CPU_OPTIONS
   rng = np.random.default_rng(0)
   # Large enough that the default options send the convolutions to YNNPACK.
   x = jnp.asarray(rng.normal(size=(8, 14, 14, 256)) * 0.1, jnp.float32)
   w = jnp.asarray(rng.normal(size=(3, 3, 256, 256)) * 0.02, jnp.float32)
   default = jax.jit(_conv_value_and_grads).lower(x, w).compile()
-  ours = xla_options.jit(_conv_value_and_grads).lower(x, w).compile()
+  ours = compiler.jit(_conv_value_and_grads).lower(x, w).compile()
   assert _ynn_convolutions(default.as_text())
   assert not _ynn_convolutions(ours.as_text()) and ' convolution(' in ours.as_text()
   for got, want in zip(jax.tree.leaves(ours(x, w)), jax.tree.leaves(default(x, w))):
@@ -45,18 +45,18 @@ def test_cpu_convolutions_compile_outside_ynnpack_with_the_same_results():
 
 def test_options_a_jaxlib_rejects_are_dropped_with_a_warning(monkeypatch, caplog):
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
-  monkeypatch.setattr(xla_options, 'CPU_OPTIONS',
+  monkeypatch.setattr(compiler, 'CPU_OPTIONS',
                       {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_NO_SUCH'})
-  xla_options._cpu_options_compile.cache_clear()  # pylint: disable=protected-access
+  compiler._cpu_options_compile.cache_clear()  # pylint: disable=protected-access
   try:
     with caplog.at_level(logging.WARNING):
-      assert xla_options.compiler_options() is None
+      assert compiler.compiler_options() is None
     assert 'LIBRARY_FUSION_TYPE_NO_SUCH' in caplog.text and 'not accepted' in caplog.text
   finally:
-    xla_options._cpu_options_compile.cache_clear()  # pylint: disable=protected-access
+    compiler._cpu_options_compile.cache_clear()  # pylint: disable=protected-access
 
 
 def test_other_backends_get_no_options_and_the_unrolled_roi_align(monkeypatch):
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert xla_options.compiler_options() is None
-  assert not xla_options.roi_align_sum_in_loop()
+  assert compiler.compiler_options() is None
+  assert not compiler.roi_align_sum_in_loop()

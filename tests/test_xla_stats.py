@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskrcnn_jax import parallel
-from maskrcnn_jax import train
-from maskrcnn_jax import xla_stats
-from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import examples
 from maskrcnn_jax.model import mask_rcnn
+from maskrcnn_jax.runtime import distributed
+from maskrcnn_jax.runtime import program_stats
+from maskrcnn_jax.train import step as step_lib
 from tests.conftest import load_config
 
 
@@ -23,7 +23,7 @@ def test_counts_matmul_flops_and_classifies_loops():
     return product, fixed, data_dependent
 
   args = (jnp.ones((64, 32)), jnp.ones((32, 16)), jnp.ones((8,)))
-  stats = xla_stats.compiled_stats(jax.jit(program).lower(*args).compile())
+  stats = program_stats.compiled_stats(jax.jit(program).lower(*args).compile())
   assert stats.flops >= 2 * 64 * 32 * 16
   assert stats.flops < 2 * 64 * 32 * 16 + 1000  # the loops add a few elementwise ops
   assert sorted((loop.trip_count is None) for loop in stats.while_loops) == [False, True]
@@ -41,9 +41,9 @@ def test_parses_while_lines_of_hlo_text():
       'metadata={op_name="jit(f)/nms/while"}',
       '  %x = f32[3]{0} add(%a, %b), metadata={op_name="jit(f)/while_like_name"}',
   ])
-  loops = xla_stats.while_loops(text)
-  assert loops == (xla_stats.WhileLoop('jit(f)/while', 12),
-                   xla_stats.WhileLoop('jit(f)/nms/while', None))
+  loops = program_stats.while_loops(text)
+  assert loops == (program_stats.WhileLoop('jit(f)/while', 12),
+                   program_stats.WhileLoop('jit(f)/nms/while', None))
 
 
 @pytest.mark.slow
@@ -53,20 +53,20 @@ def test_train_step_and_inference_have_no_data_dependent_loop():
   config.train.batch_size = 2
   model = mask_rcnn.MaskRCNN(config.model)
   height, width = config.data.image_size
-  batch = pipeline.empty_batch(2, config.data)
+  batch = examples.empty_batch(2, config.data)
   info = batch['image_info']
   info[:, :3] = [height, width, 1.0]
-  variables = train.init_variables(model, (height, width), jax.random.key(0))
+  variables = step_lib.init_variables(model, (height, width), jax.random.key(0))
   forward = jax.jit(model.apply).lower(variables, batch['images'], info).compile()
-  assert xla_stats.compiled_stats(forward).dynamic_loops == 0
+  assert program_stats.compiled_stats(forward).dynamic_loops == 0
 
-  mesh = parallel.data_mesh()
-  model, optimizer, state = train.create_train_state(config, jax.random.key(0))
-  step = train.jit_train_step(model, optimizer, config.train, mesh)
+  mesh = distributed.data_mesh()
+  model, optimizer, state = step_lib.create_train_state(config, jax.random.key(0))
+  step = step_lib.jit_train_step(model, optimizer, config.train, mesh)
   batch['gt_boxes'][:, 0] = [4, 4, 40, 40]
   batch['gt_classes'][:, 0] = 1
   batch = jax.tree.map(np.asarray, batch)
-  stats = xla_stats.compiled_stats(step.lower(state, batch, jax.random.key(1)).compile())
+  stats = program_stats.compiled_stats(step.lower(state, batch, jax.random.key(1)).compile())
   assert stats.dynamic_loops == 0, [l.op_name for l in stats.while_loops if not l.trip_count]
   assert stats.static_loops >= 1  # the NMS rounds
   assert stats.flops > 0 and stats.temp_bytes > 0

@@ -21,8 +21,10 @@ from typing import Any
 
 from PIL import Image
 
+from maskrcnn_jax.data import annotation_checks
 from maskrcnn_jax.data import coco
-from maskrcnn_jax.ops import masks as mask_ops
+from maskrcnn_jax.data import mask_decoding
+from maskrcnn_jax.data import structures
 
 PROBLEMS = ('missing_fields', 'unknown_ids', 'degenerate_box', 'bad_segmentation',
             'unreadable_image', 'size_mismatch')
@@ -35,23 +37,24 @@ def _check_annotation(ann: dict[str, Any], image: dict[str, Any]) -> list[tuple[
   problems = []
   height, width = int(image['height']), int(image['width'])
   where = f'annotation id {ann.get("id")}'
-  skips = coco.Skips()
+  skips = structures.Skips()
   if 'bbox' in ann:
     try:
-      if coco.check_box(ann['bbox'], height, width, where, ann.get('id'), skips) is None:
+      box = annotation_checks.check_box(ann['bbox'], height, width, where, ann.get('id'), skips)
+      if box is None:
         problems.append(('degenerate_box', f'{where}: bbox {ann["bbox"]} has no area '
                                            f'inside the {width} x {height} image'))
-    except coco.CocoFormatError as e:
+    except structures.CocoFormatError as e:
       problems.append(('degenerate_box', str(e)))
   if 'segmentation' in ann:
     try:
-      segmentation = coco.check_segmentation(ann['segmentation'], height, width, where,
-                                             ann.get('id'), skips)
+      segmentation = annotation_checks.check_segmentation(ann['segmentation'], height, width, where,
+                                                          ann.get('id'), skips)
       if segmentation is None:
         problems.append(('bad_segmentation', f'{where}: no polygon with 3 points'))
       else:
-        mask_ops.segmentation_to_mask(segmentation, height, width)
-    except (coco.CocoFormatError, ValueError) as e:
+        mask_decoding.segmentation_to_mask(segmentation, height, width)
+    except (structures.CocoFormatError, ValueError) as e:
       problems.append(('bad_segmentation', f'{where}: {e}' if where not in str(e) else str(e)))
   return problems
 

@@ -1,31 +1,15 @@
-"""Fixed-shape NumPy batches from a COCO-format dataset (host side; no jax).
+"""Fixed-shape NumPy batches from a COCO-format split (host side; no jax).
 
-One example (`prepare_example`): read and decode the image; resize it with
-`data.resize_backend` (training: the scale augmentation or large-scale jitter of
-data/augment.py; else the test resize `data.resize_mode`); maybe flip it, crop it (LSJ)
-and transpose it (a portrait on a landscape canvas, `transforms.choose_canvas`); pad it
-with zeros onto its canvas as raw RGB, uint8 (float32 with data.resize_backend =
-'torch'; the model normalizes on the device). Keep the first `data.max_instances`
-instances (boxes in the canvas frame, each gt mask cropped from the ORIGINAL-image mask
-over its original box, or over the part of it a crop keeps, to `data.mask_size`, then
-flipped and transposed with the image; instances a crop leaves empty are dropped) and
-pad the rest. Keys, shapes and dtypes are DESIGN.md's batch table (B = per-host batch,
-H x W = the batch's canvas, N = max_instances, S = mask_size):
-  images [B, H, W, 3] uint8 (or float32), image_info [B, 5] float32
-  (maskrcnn_jax/image_info.py: resized h, resized w, scale, flipped, transposed),
-  gt_boxes [B, N, 4] float32, gt_classes [B, N] int32, gt_masks [B, N, S, S] uint8,
-  gt_is_crowd [B, N] bool, image_id [B] int64; with data.num_keypoints = K > 0 also
-  gt_keypoints [B, N, K, 3] float32 (x, y continuous canvas pixels, visibility; zeros
-  where unlabelled or padded).
+`load_split` reads the config's train or val split; `Batches` iterates over per-host
+batches of examples (`examples.prepare_example`), prepared by grain worker processes in
+the order of data/loader.py's `StepPlan`. Every batch lies on one canvas; global step s
+holds G examples (G = global batch), host p the slice [p * B, (p + 1) * B) of them;
+batches depend only on (seed, step, host), so any step resumes in O(1) and the worker
+count does not change them.
 
 A training image that cannot be read is replaced by another image of its step
 (data.corrupt_images = 'skip', counted and named once in a warning) or stops the run
 ('fail'); evaluation always stops.
-
-Order and workers: `Batches` (data/loader.py's `StepPlan` and grain worker processes).
-Every batch lies on one canvas; global step s holds G examples (G = global batch), host p
-the slice [p * B, (p + 1) * B) of them; batches depend only on (seed, step, host), so any
-step resumes in O(1) and the worker count does not change them.
 """
 
 import logging
@@ -36,21 +20,21 @@ import ml_collections
 import numpy as np
 
 from maskrcnn_jax import image_info
-from maskrcnn_jax.data import augment
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import examples
 from maskrcnn_jax.data import loader
+from maskrcnn_jax.data import structures
 from maskrcnn_jax.data import transforms
-from maskrcnn_jax.ops import keypoints as keypoint_ops
-from maskrcnn_jax.ops import rle_crops
 
-PADDING_IMAGE_ID = -1
 CORRUPT_IMAGE_POLICIES = ('skip', 'fail')
+
+
 # A training batch's list of (image id, error) of the images that could not be read
 # there (data.corrupt_images = 'skip'); `Batches` takes it off the batch and warns.
 _UNREADABLE = 'unreadable'
 
 
-def load_split(data_config: ml_collections.ConfigDict, split: str) -> coco.CocoDataset:
+def load_split(data_config: ml_collections.ConfigDict, split: str) -> structures.CocoDataset:
   """The 'train' or 'val' split named by the config.
 
   'coco' and 'shapes' read an annotation file and an image folder; 'tfds' reads the
@@ -83,188 +67,6 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> coco.CocoD
                         filter_empty=False)
 
 
-def empty_batch(batch_size: int, data_config: ml_collections.ConfigDict,
-                canvas_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-  """A batch of padding examples (zeros, image_id -1), with the batch table's shapes.
-
-  Args:
-    batch_size: B.
-    data_config: `config.data`.
-    canvas_hw: (H, W) of the images; None: data.image_size (the main canvas).
-  """
-  height, width = data_config.image_size if canvas_hw is None else canvas_hw
-  n, s = data_config.max_instances, data_config.mask_size
-  return {
-      'images': np.zeros((batch_size, height, width, 3), transforms.image_dtype(data_config)),
-      'image_info': np.zeros((batch_size, image_info.SIZE), np.float32),
-      'gt_boxes': np.zeros((batch_size, n, 4), np.float32),
-      'gt_classes': np.zeros((batch_size, n), np.int32),
-      'gt_masks': np.zeros((batch_size, n, s, s), np.uint8),
-      'gt_is_crowd': np.zeros((batch_size, n), bool),
-      'image_id': np.full((batch_size,), PADDING_IMAGE_ID, np.int64),
-      **({'gt_keypoints': np.zeros((batch_size, n, data_config.num_keypoints, 3), np.float32)}
-         if data_config.num_keypoints else {}),
-  }
-
-
-def _slot_views(batch: dict[str, np.ndarray], slot: int) -> dict[str, np.ndarray]:
-  """Writable views of one slot of a batch (image_id a 0-d array, not a copied scalar)."""
-  return {key: value[slot:slot + 1].reshape(value.shape[1:]) for key, value in batch.items()}
-
-
-class _StageTimer:
-  """Adds the seconds since the previous lap to `seconds[stage]` (a no-op without a dict)."""
-
-  def __init__(self, seconds: dict | None):
-    self._seconds = seconds
-    self._last = time.perf_counter() if seconds is not None else 0.0
-
-  def lap(self, stage: str) -> None:
-    if self._seconds is not None:
-      now = time.perf_counter()
-      self._seconds[stage] = self._seconds.get(stage, 0.0) + now - self._last
-      self._last = now
-
-
-def _write_example(out: dict[str, np.ndarray], record: coco.ImageRecord,
-                   data_config: ml_collections.ConfigDict, canvas: transforms.Canvas,
-                   geometry: augment.Geometry, stage_seconds: dict | None) -> None:
-  """Writes one record, mapped by `geometry` onto `canvas`, into zeroed per-example arrays.
-
-  `out` holds the batch table's keys without the batch dim (views into a batch or not).
-  """
-  cfg, g = data_config, geometry
-  timer = _StageTimer(stage_seconds)
-  # The window must fit the canvas in the image's own orientation.
-  fit_h, fit_w = (canvas.width, canvas.height) if canvas.transpose else (canvas.height,
-                                                                          canvas.width)
-  if g.crop_height > fit_h or g.crop_width > fit_w:
-    raise ValueError(
-        f'{record.path} (image id {record.image_id}) resizes to {g.crop_height} x '
-        f'{g.crop_width}{" (transposed)" if canvas.transpose else ""}, larger than its '
-        f'canvas {canvas.height} x {canvas.width} (data.image_size / data.extra_canvases)')
-  pixels = coco.read_image(record)
-  timer.lap('decode')
-
-  pixels = transforms.resize_pixels(pixels, g.new_height, g.new_width, cfg)
-  if g.flip:
-    pixels = transforms.flip_image(pixels)
-  pixels = pixels[g.crop_y:g.crop_y + g.crop_height, g.crop_x:g.crop_x + g.crop_width]
-  if canvas.transpose:
-    pixels = transforms.transpose_image(pixels)
-  timer.lap('resize')
-  out['images'][:pixels.shape[0], :pixels.shape[1]] = pixels
-  out['image_info'][:] = image_info.make(pixels.shape[0], pixels.shape[1], g.scale, g.flip,
-                                         canvas.transpose)
-  out['image_id'][...] = record.image_id
-  timer.lap('pad')
-
-  boxes = transforms.resize_boxes(record.boxes, record.height, record.width, g.new_height,
-                                  g.new_width)
-  if g.flip:
-    boxes = transforms.flip_boxes(boxes, g.new_width)
-  clipped = np.zeros(len(boxes), bool)
-  kept = np.arange(record.num_instances)
-  if g.cropped:
-    boxes, keep, clipped = augment.crop_boxes(boxes, g)
-    kept = np.flatnonzero(keep)  # crowd flags and classes move with their instances
-  kept = kept[:cfg.max_instances]
-  n = len(kept)
-  # A clipped box crops the original mask over the part of it that stays in the window.
-  source_boxes = np.array([
-      augment.window_box_to_original(boxes[i], record.height, record.width, g)
-      if clipped[i] else record.boxes[i] for i in kept], np.float64).reshape(n, 4)
-  crops = rle_crops.crop_and_resize_rles([coco.instance_rle(record, i) for i in kept],
-                                         source_boxes, cfg.mask_size)
-  if g.flip:
-    crops = crops[:, :, ::-1]
-  out['gt_masks'][:n] = crops.transpose(0, 2, 1) if canvas.transpose else crops
-  boxes = boxes[kept]
-  out['gt_boxes'][:n] = transforms.transpose_boxes(boxes) if canvas.transpose else boxes
-  out['gt_classes'][:n] = record.classes[kept]
-  out['gt_is_crowd'][:n] = record.is_crowd[kept]
-  if cfg.num_keypoints:
-    out['gt_keypoints'][:n] = _example_keypoints(record, kept, cfg.num_keypoints, g, canvas)
-  timer.lap('masks')
-
-
-def _example_keypoints(record: coco.ImageRecord, kept: np.ndarray, num_keypoints: int,
-                       geometry: augment.Geometry, canvas: transforms.Canvas) -> np.ndarray:
-  """[n, K, 3] keypoints of the kept instances, mapped by `geometry` onto `canvas`.
-
-  COCO's integer pixel indices become continuous coordinates (+ 0.5, Detectron2's
-  convention), scale with the image, mirror with their left/right swap, shift with the
-  crop (leaving the window makes them unlabelled) and transpose with the canvas.
-  Unlabelled keypoints (v = 0) are zeros.
-  """
-  g = geometry
-  if record.keypoints is None or record.keypoints.shape[1] != num_keypoints:
-    found = 0 if record.keypoints is None else record.keypoints.shape[1]
-    raise ValueError(f'{record.source}: image id {record.image_id}: {found} keypoints per '
-                     f'instance, data.num_keypoints is {num_keypoints}')
-  keypoints = record.keypoints[kept].copy()
-  labelled = keypoints[..., 2] > 0
-  keypoints[..., 0] = (keypoints[..., 0] + 0.5) * (g.new_width / record.width)
-  keypoints[..., 1] = (keypoints[..., 1] + 0.5) * (g.new_height / record.height)
-  keypoints[..., :2] *= labelled[..., None]
-  if g.flip:
-    keypoints = keypoint_ops.flip_keypoints(
-        keypoints, g.new_width, keypoint_ops.flip_indices(record.keypoint_names))
-  if g.cropped:
-    keypoints[..., :2] -= np.array([g.crop_x, g.crop_y], np.float32)
-    inside = ((keypoints[..., 0] >= 0) & (keypoints[..., 1] >= 0)
-              & (keypoints[..., 0] <= g.crop_width) & (keypoints[..., 1] <= g.crop_height))
-    keypoints *= (inside & (keypoints[..., 2] > 0))[..., None]
-  if canvas.transpose:
-    keypoints = keypoints[..., [1, 0, 2]]
-  return keypoints
-
-
-def prepare_example(record: coco.ImageRecord, data_config: ml_collections.ConfigDict,
-                    canvas: transforms.Canvas, rng: np.random.Generator | None,
-                    stage_seconds: dict | None = None) -> dict[str, np.ndarray]:
-  """One example (the module docstring) on `canvas`: the batch table's keys, no batch dim.
-
-  Args:
-    record: the image and its instances.
-    data_config: `config.data`.
-    canvas: `transforms.choose_canvas(record.height, record.width, data_config, train)`.
-    rng: None for evaluation (test resize, no flip); else flip (data.random_flip) and the
-      scale augmentation or large-scale jitter are drawn from it (data/augment.py).
-    stage_seconds: when given, seconds per stage ('decode', 'resize', 'pad', 'masks') are
-      added to it.
-
-  Returns:
-    images [H, W, 3] uint8 or float32 (H, W = the canvas), image_info [5] float32,
-    gt_boxes [N, 4] float32, gt_classes [N] int32, gt_masks [N, S, S] uint8,
-    gt_is_crowd [N] bool, image_id [] int64.
-  """
-  out = _slot_views(empty_batch(1, data_config, (canvas.height, canvas.width)), 0)
-  geometry = augment.draw_geometry(record.height, record.width, data_config, canvas, rng)
-  _write_example(out, record, data_config, canvas, geometry, stage_seconds)
-  return out
-
-
-def fill_example(batch: dict[str, np.ndarray], slot: int, record: coco.ImageRecord,
-                 data_config: ml_collections.ConfigDict, flip: bool = False) -> None:
-  """Prepares one record at the test resize, maybe flipped, into slot `slot` of a batch.
-
-  The batch's canvas is its images' shape, one of the config's canvases (`empty_batch`'s
-  default, the main one, holds every image); the record is transposed onto it as
-  `choose_canvas` says. No scale augmentation: training draws it in `prepare_example`.
-  """
-  size = tuple(batch['images'].shape[1:3])
-  sizes = transforms.canvas_sizes(data_config)
-  if size not in sizes:
-    raise ValueError(f'batch images of {size[0]} x {size[1]} are on none of the canvases '
-                     f'{sizes} (data.image_size / data.extra_canvases)')
-  transpose = transforms.choose_canvas(record.height, record.width, data_config,
-                                       train=False).transpose
-  canvas = transforms.Canvas(sizes.index(size), *size, transpose)
-  geometry = augment.eval_geometry(record.height, record.width, data_config, flip)
-  _write_example(_slot_views(batch, slot), record, data_config, canvas, geometry, None)
-
-
 class _HostBatch:
   """Global step -> this host's batch: one canvas, each example prepared onto it.
 
@@ -272,13 +74,13 @@ class _HostBatch:
   it runs in the loader's worker processes. Example j of global step s is stream
   position p = s * G + offset + j; in training its flip and scale come from
   `np.random.default_rng([seed, p, 1])`, so a batch depends only on (seed, step, host).
-  A training image that cannot be read (`coco.CocoFormatError`: its file or its masks)
+  A training image that cannot be read (`structures.CocoFormatError`: its file or its masks)
   is replaced, with data.corrupt_images = 'skip', by the next readable record of the
   same global step (on this canvas by construction), drawn with the slot's own rng;
   the batch then carries `_UNREADABLE`.
   """
 
-  def __init__(self, records: Sequence[coco.ImageRecord], plan: loader.StepPlan,
+  def __init__(self, records: Sequence[structures.ImageRecord], plan: loader.StepPlan,
                canvas_sizes: Sequence[tuple[int, int]], transposed: np.ndarray,
                data_config: ml_collections.ConfigDict, global_batch_size: int,
                batch_size: int, offset: int, train: bool, seed: int, in_worker: bool):
@@ -297,7 +99,7 @@ class _HostBatch:
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     canvas_index, indices = self._plan.step(step)
     height, width = self._canvas_sizes[canvas_index]
-    batch = empty_batch(self._batch, self._config, canvas_hw=(height, width))
+    batch = examples.empty_batch(self._batch, self._config, canvas_hw=(height, width))
     if self._in_worker:  # the large arrays are zeros, as a fresh shared segment is
       batch.update({key: loader.shared_zeros(value.shape, value.dtype)
                     for key, value in batch.items() if value.nbytes >= loader.SHARED_MIN_BYTES})
@@ -309,7 +111,7 @@ class _HostBatch:
       position = step * self._global_batch + self._offset + slot
       try:
         example = self._example(index, canvas_index, position)
-      except coco.CocoFormatError as e:
+      except structures.CocoFormatError as e:
         if not (self._train and self._config.corrupt_images == 'skip'):
           raise
         record = self._records[index]
@@ -334,7 +136,7 @@ class _HostBatch:
     height, width = self._canvas_sizes[canvas_index]
     canvas = transforms.Canvas(canvas_index, height, width, bool(self._transposed[index]))
     rng = np.random.default_rng([self._seed, position, 1]) if self._train else None
-    return prepare_example(self._records[index], self._config, canvas, rng)
+    return examples.prepare_example(self._records[index], self._config, canvas, rng)
 
   def _replacement(self, step: int, indices: np.ndarray, column: int, canvas_index: int,
                    position: int, error: Exception) -> dict[str, np.ndarray]:
@@ -348,20 +150,20 @@ class _HostBatch:
       index = int(indices[(column + shift) % len(indices)])
       try:
         return self._example(index, canvas_index, position)
-      except coco.CocoFormatError:
+      except structures.CocoFormatError:
         continue
-    raise coco.CocoFormatError(f'{error} (no image of step {step} could be read in its '
-                               'place)') from error
+    raise structures.CocoFormatError(f'{error} (no image of step {step} could be read in its '
+                                     'place)') from error
 
 
-def _read_error(record: coco.ImageRecord, error: Exception) -> str:
+def _read_error(record: structures.ImageRecord, error: Exception) -> str:
   """The error naming the record's file and image id (a mask's error names neither)."""
-  if isinstance(error, coco.ImageReadError):
+  if isinstance(error, structures.ImageReadError):
     return str(error)
   return f'{error} (image id {record.image_id}, {record.path})'
 
 
-def _record_canvases(dataset: coco.CocoDataset, data_config: ml_collections.ConfigDict,
+def _record_canvases(dataset: structures.CocoDataset, data_config: ml_collections.ConfigDict,
                      train: bool) -> tuple[np.ndarray, np.ndarray]:
   """[num_records] int canvas index and [num_records] bool transposed of each record.
 
@@ -398,7 +200,7 @@ class Batches:
   and `skipped_images` counts them.
   """
 
-  def __init__(self, dataset: coco.CocoDataset, data_config: ml_collections.ConfigDict,
+  def __init__(self, dataset: structures.CocoDataset, data_config: ml_collections.ConfigDict,
                global_batch_size: int, *, train: bool, seed: int = 0, start_step: int = 0,
                process_index: int = 0, process_count: int = 1):
     """Starts the workers on the first steps.

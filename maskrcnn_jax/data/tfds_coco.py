@@ -14,7 +14,7 @@ person keypoints, or any file whose categories declare `keypoints`) as one
   builder = tfds.builder('coco_instances', data_dir=data_dir)  # after importing this module
   builder.as_data_source('val2017')[0]  # a dict of NumPy arrays (no tf.data for ArrayRecord)
 
-`load_tfds` reads a split back as a `coco.CocoDataset` (random access through
+`load_tfds` reads a split back as a `structures.CocoDataset` (random access through
 ArrayRecord), so batches come from the same pipeline code as the COCO files.
 """
 
@@ -29,6 +29,7 @@ from pycocotools import mask as mask_util
 import tensorflow_datasets as tfds
 
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import structures
 
 NAME = 'coco_instances'
 
@@ -147,7 +148,7 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
                    for split, d in datasets.items()}})
     return {split: self._generate_examples(d) for split, d in datasets.items()}
 
-  def _generate_examples(self, dataset: coco.CocoDataset):
+  def _generate_examples(self, dataset: structures.CocoDataset):
     for index, record in enumerate(dataset.records):
       category_ids = np.asarray(dataset.category_ids, np.int64)[record.classes - 1]
       yield index, {
@@ -178,7 +179,7 @@ def prepare(manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
   return builder
 
 
-class _Records(Sequence[coco.ImageRecord]):
+class _Records(Sequence[structures.ImageRecord]):
   """Lazy `ImageRecord`s of a prepared split, read on access."""
 
   def __init__(self, source, indices: np.ndarray, where: str,
@@ -203,7 +204,7 @@ class _Records(Sequence[coco.ImageRecord]):
     if self._keypoint_names:
       keypoints = np.asarray(example['keypoints'], np.float32).reshape(
           len(rles), len(self._keypoint_names), 3)
-    return coco.ImageRecord(
+    return structures.ImageRecord(
         image_id=int(example['image/id']),
         path=f"{self._where}[{index}] ({example['image/filename'].decode()})",
         height=height, width=width,
@@ -217,8 +218,8 @@ class _Records(Sequence[coco.ImageRecord]):
 
 
 def load_tfds(data_dir: str, split: str, filter_empty: bool,
-              name: str = NAME, min_keypoints: int = 0) -> coco.CocoDataset:
-  """A prepared split as a `coco.CocoDataset` with lazily read records.
+              name: str = NAME, min_keypoints: int = 0) -> structures.CocoDataset:
+  """A prepared split as a `structures.CocoDataset` with lazily read records.
 
   Args:
     data_dir: the TFDS data_dir given to `prepare`.
@@ -238,7 +239,7 @@ def load_tfds(data_dir: str, split: str, filter_empty: bool,
   source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   where = f'{os.path.join(data_dir, builder.name)} {split}'
   keypoint_names = tuple(builder.info.metadata['keypoint_names'])
-  return coco.CocoDataset(
+  return structures.CocoDataset(
       records=_Records(source, indices, where, keypoint_names),
       instance_counts=np.asarray(meta['instance_counts'], np.int64)[indices],
       category_ids=tuple(builder.info.metadata['category_ids']),

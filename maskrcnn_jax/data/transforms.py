@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from maskrcnn_jax import image_info
-from maskrcnn_jax.ops import masks as mask_ops
+from maskrcnn_jax.data import interpolation
 
 MAX_CANVASES = 4  # compiled input shapes
 # Resize modes driven by a shorter-side target (data.min_size / data.train_min_sizes).
@@ -154,11 +154,11 @@ def resize_image(image: np.ndarray, new_height: int, new_width: int) -> np.ndarr
   """
   image = np.asarray(image, dtype=np.float32)
   height, width = image.shape[:2]
-  cols0, cols1, col_w0, col_w1 = mask_ops.torch_bilinear_taps(
+  cols0, cols1, col_w0, col_w1 = interpolation.torch_bilinear_taps(
       width, np.arange(new_width), new_width)
   rows = (col_w0[None, :, None] * image[:, cols0]
           + col_w1[None, :, None] * image[:, cols1])  # [H, nw, C]
-  rows0, rows1, row_w0, row_w1 = mask_ops.torch_bilinear_taps(
+  rows0, rows1, row_w0, row_w1 = interpolation.torch_bilinear_taps(
       height, np.arange(new_height), new_height)
   return row_w0[:, None, None] * rows[rows0] + row_w1[:, None, None] * rows[rows1]
 

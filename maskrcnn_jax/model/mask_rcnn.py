@@ -31,11 +31,11 @@ from maskrcnn_jax.model import poolers
 from maskrcnn_jax.model import postprocess
 from maskrcnn_jax.model import resnet
 from maskrcnn_jax.model import roi_heads
-from maskrcnn_jax.model import targets
 from maskrcnn_jax.model import rpn as rpn_lib
+from maskrcnn_jax.model import targets
 from maskrcnn_jax.ops import anchors as anchor_ops
 from maskrcnn_jax.ops import keypoints as keypoint_ops
-from maskrcnn_jax.ops import masks as mask_ops
+from maskrcnn_jax.ops import mask_targets as mask_ops
 
 _RPN_LEVELS = (2, 3, 4, 5, 6)
 _ROI_LEVELS = (2, 3, 4, 5)

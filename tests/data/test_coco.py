@@ -11,6 +11,9 @@ from pycocotools import cocoeval
 import pytest
 
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import image_files
+from maskrcnn_jax.data import mask_decoding
+from maskrcnn_jax.data import structures
 
 
 def _write(tmp_path, images=None, annotations=None, categories=None):
@@ -52,11 +55,11 @@ def test_reads_instances_classes_and_crowd(tmp_path):
   np.testing.assert_array_equal(first.boxes, [[2, 3, 10, 9], [2, 5, 3, 15]])
   np.testing.assert_array_equal(first.classes, [2, 1])
   np.testing.assert_array_equal(first.is_crowd, [False, True])
-  masks = coco.decode_masks(first)
+  masks = mask_decoding.decode_masks(first)
   assert masks.shape == (2, 20, 30) and masks.dtype == np.uint8
   assert masks[0].sum() == 8 * 6 and masks[0][3:9, 2:10].all()
   assert masks[1].sum() == 10 and masks[1][5:15, 2].all()
-  image = coco.read_image(first)
+  image = image_files.read_image(first)
   assert image.shape == (20, 30, 3) and image.dtype == np.uint8 and (image == 1).all()
 
 
@@ -71,19 +74,19 @@ def test_truncated_json(tmp_path):
   path, image_dir, _ = _write(tmp_path)
   text = open(path).read()
   open(path, 'w').write(text[:len(text) // 2])
-  with pytest.raises(coco.CocoFormatError, match=r'ann\.json: not valid JSON'):
+  with pytest.raises(structures.CocoFormatError, match=r'ann\.json: not valid JSON'):
     coco.load_coco(path, image_dir, filter_empty=False)
 
 
 def test_missing_and_corrupt_images(tmp_path):
   path, image_dir, _ = _write(tmp_path)
   (tmp_path / 'images' / 'b.png').unlink()
-  with pytest.raises(coco.CocoFormatError, match=r'image id 7: missing image .*b\.png'):
+  with pytest.raises(structures.CocoFormatError, match=r'image id 7: missing image .*b\.png'):
     coco.load_coco(path, image_dir, filter_empty=False)
   (tmp_path / 'images' / 'b.png').write_bytes(b'\x89PNG not really')
   record = coco.load_coco(path, image_dir, filter_empty=False).records[1]
-  with pytest.raises(coco.CocoFormatError, match=r'image id 7: cannot decode .*b\.png'):
-    coco.read_image(record)
+  with pytest.raises(structures.CocoFormatError, match=r'image id 7: cannot decode .*b\.png'):
+    image_files.read_image(record)
 
 
 def test_image_size_mismatch(tmp_path):
@@ -94,8 +97,8 @@ def test_image_size_mismatch(tmp_path):
       ann['segmentation'] = {'counts': [21 * 30], 'size': [21, 30]}
   path, image_dir, _ = _write(tmp_path, images=data['images'], annotations=data['annotations'])
   record = coco.load_coco(path, image_dir, filter_empty=False).records[0]
-  with pytest.raises(coco.CocoFormatError, match=r'image id 1: .*a\.png is 20 x 30'):
-    coco.read_image(record)
+  with pytest.raises(structures.CocoFormatError, match=r'image id 1: .*a\.png is 20 x 30'):
+    image_files.read_image(record)
 
 
 @pytest.mark.parametrize('segmentation, message', [
@@ -109,7 +112,8 @@ def test_malformed_segmentation_names_annotation(tmp_path, segmentation, message
   path, image_dir, data = _write(tmp_path)
   data['annotations'][2]['segmentation'] = segmentation
   path, image_dir, _ = _write(tmp_path, annotations=data['annotations'])
-  with pytest.raises(coco.CocoFormatError, match=rf'ann\.json: annotation id 12: .*{message}'):
+  with pytest.raises(structures.CocoFormatError,
+                     match=rf'ann\.json: annotation id 12: .*{message}'):
     coco.load_coco(path, image_dir, filter_empty=False)
 
 
@@ -118,8 +122,8 @@ def test_bad_rle_counts_fail_when_decoded(tmp_path):
   data['annotations'][1]['segmentation']['counts'] = [45, 10, 500]
   path, image_dir, _ = _write(tmp_path, annotations=data['annotations'])
   record = coco.load_coco(path, image_dir, filter_empty=False).records[0]
-  with pytest.raises(coco.CocoFormatError, match=r'annotation id 11: RLE counts sum'):
-    coco.decode_masks(record)
+  with pytest.raises(structures.CocoFormatError, match=r'annotation id 11: RLE counts sum'):
+    mask_decoding.decode_masks(record)
 
 
 def test_degenerate_polygons_are_counted_skips(tmp_path):
@@ -148,7 +152,7 @@ def test_boxes_outside_or_empty(tmp_path, caplog):
   assert sum(r.num_instances for r in dataset.records) == 2
   data['annotations'][1]['bbox'] = [1, 2, 3]
   path, image_dir, _ = _write(tmp_path, annotations=data['annotations'])
-  with pytest.raises(coco.CocoFormatError, match='annotation id 11: bbox must be 4'):
+  with pytest.raises(structures.CocoFormatError, match='annotation id 11: bbox must be 4'):
     coco.load_coco(path, image_dir, filter_empty=False)
 
 
@@ -161,7 +165,7 @@ def test_unknown_ids(tmp_path, field, value, message):
   path, image_dir, data = _write(tmp_path)
   data['annotations'][2][field] = value
   path, image_dir, _ = _write(tmp_path, annotations=data['annotations'])
-  with pytest.raises(coco.CocoFormatError, match=rf'ann\.json: annotation id \d+: {message}'):
+  with pytest.raises(structures.CocoFormatError, match=rf'ann\.json: annotation id \d+: {message}'):
     coco.load_coco(path, image_dir, filter_empty=False)
 
 
@@ -179,9 +183,9 @@ def test_real_coco_slice(coco_tiny):
   reference = coco_api.COCO(annotation_file)
   decoded_area = annotated_area = 0.0
   for record in dataset.records[::5]:
-    image = coco.read_image(record)
+    image = image_files.read_image(record)
     assert image.shape == (record.height, record.width, 3)
-    masks = coco.decode_masks(record)
+    masks = mask_decoding.decode_masks(record)
     for mask, ann_id, crowd in zip(masks, record.annotation_ids, record.is_crowd):
       ann = reference.anns[int(ann_id)]
       np.testing.assert_array_equal(mask, reference.annToMask(ann))
@@ -228,7 +232,7 @@ def test_evaluation_needs_area_and_iscrowd(tmp_path, field):
       'image_id': 7, 'category_id': 3, 'bbox': [0, 0, 30, 20], 'score': 1.0}]), 'bbox')
   with pytest.raises(KeyError, match=field):
     evaluator.evaluate()
-  with pytest.raises(coco.CocoFormatError, match=rf'ann\.json: annotation id 12: no {field}'):
+  with pytest.raises(structures.CocoFormatError, match=rf'ann\.json: annotation id 12: no {field}'):
     coco.check_evaluation_fields(path)
   coco.load_coco(path, image_dir, filter_empty=False)  # training does not need them
 
@@ -252,6 +256,6 @@ def test_decode_pixels_is_pillows_rgb(coco_tiny):
             _encoded(photo.convert('CMYK'), 'JPEG')]
   for blob in blobs:
     expected = np.asarray(Image.open(io.BytesIO(blob)).convert('RGB'))
-    np.testing.assert_array_equal(coco.decode_pixels(blob), expected)
+    np.testing.assert_array_equal(image_files.decode_pixels(blob), expected)
   with pytest.raises(OSError, match='truncated'):
-    coco.decode_pixels(blobs[0][:len(blobs[0]) // 2])
+    image_files.decode_pixels(blobs[0][:len(blobs[0]) // 2])

@@ -5,11 +5,13 @@ import json
 import logging
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import examples
 from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import structures
 from tests.data.test_loader import _batches_config
 
 BAD_ID = 4
@@ -70,7 +72,7 @@ def test_skip_replaces_a_truncated_jpeg_by_another_image_of_its_step(split, capl
   assert len(got) == len(want)
   replaced = 0
   for g, w in zip(got, want):  # two epochs: the bad image comes up twice
-    assert g.keys() == w.keys() == pipeline.empty_batch(1, _config()).keys()
+    assert g.keys() == w.keys() == examples.empty_batch(1, _config()).keys()
     for slot in range(BATCH):
       if w['image_id'][slot] != BAD_ID:  # every other slot as without the broken file
         for key in g:
@@ -101,10 +103,10 @@ def test_skip_gives_the_same_batches_with_a_worker_and_on_resume(split):
 
 def test_fail_stops_training_naming_the_file_and_evaluation_always_stops(split):
   _, bad = split
-  with pytest.raises(coco.CocoFormatError,
+  with pytest.raises(structures.CocoFormatError,
                      match=rf'image id {BAD_ID}: cannot decode .*truncated.jpg'):
     _stream(bad, 6, corrupt_images='fail')
-  with pytest.raises(coco.CocoFormatError,
+  with pytest.raises(structures.CocoFormatError,
                      match=rf'image id {BAD_ID}: cannot decode .*truncated.jpg'):
     with pipeline.Batches(bad, _config(), BATCH, train=False) as batches:
       list(batches)
@@ -117,14 +119,14 @@ def test_a_step_without_any_readable_image_stops(split, tmp_path):
   good, _ = split
   missing = dataclasses.replace(good, records=[
       dataclasses.replace(r, path=str(tmp_path / 'gone.jpg')) for r in good.records])
-  with pytest.raises(coco.CocoFormatError,
+  with pytest.raises(structures.CocoFormatError,
                      match=r'missing image .*gone.jpg \(no image of step 0 could be read'):
     _stream(missing, 1)
 
 
 @pytest.mark.slow
 def test_a_training_run_reports_the_skipped_image(tmp_path, caplog):
-  from maskrcnn_jax import train  # pylint: disable=import-outside-toplevel
+  from maskrcnn_jax.train import loop  # pylint: disable=import-outside-toplevel
   from maskrcnn_jax.data import shapes  # pylint: disable=import-outside-toplevel
   from tests.conftest import load_config  # pylint: disable=import-outside-toplevel
 
@@ -138,7 +140,7 @@ def test_a_training_run_reports_the_skipped_image(tmp_path, caplog):
   with open(f'{d.train_images}/{first["file_name"]}', 'wb') as f:
     f.write(b'\xff\xd8\xff garbage')  # a JPEG's first bytes, then nothing readable
   with caplog.at_level(logging.INFO):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
   lines = [r.getMessage() for r in caplog.records]
   assert sum('data.corrupt_images' in line and f'image id {first["id"]}' in line
              for line in lines) == 1

@@ -3,8 +3,8 @@
 import json
 import os
 
+from benchmarks import input_pipeline as input_benchmark
 from maskrcnn_jax.config import default_config
-from maskrcnn_jax.data import input_benchmark
 from maskrcnn_jax.data import transforms
 from tests.data.test_loader import _batches_config
 from tests.data.test_loader import varied  # pylint: disable=unused-import  # a fixture

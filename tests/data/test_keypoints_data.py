@@ -10,10 +10,13 @@ import json
 import numpy as np
 import pytest
 
-from maskrcnn_jax import evaluate
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import examples
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
+from maskrcnn_jax.data import structures
+from maskrcnn_jax.evaluation import evaluator as evaluator_lib
+from maskrcnn_jax.evaluation import keypoints as keypoint_eval
 from tests.conftest import load_config
 
 
@@ -68,7 +71,7 @@ def test_load_coco_reads_keypoints_and_refuses_bad_ones(split, tmp_path):
   data['annotations'][0]['keypoints'] = [1, 2, 2]
   bad = tmp_path / 'bad.json'
   bad.write_text(json.dumps(data))
-  with pytest.raises(coco.CocoFormatError,
+  with pytest.raises(structures.CocoFormatError,
                      match=rf"annotation id {data['annotations'][0]['id']}: keypoints must be 12"):
     coco.load_coco(str(bad), split[1], filter_empty=False)
 
@@ -80,9 +83,9 @@ def test_batches_resize_flip_and_swap_keypoints(split):
   dataset = coco.load_coco(*split, filter_empty=True)
   record = next(r for r in dataset.records
                 if np.sum(r.keypoints[..., 2] > 0) >= 4 and r.num_instances <= 8)
-  batch = pipeline.empty_batch(2, config.data)
-  pipeline.fill_example(batch, 0, record, config.data)
-  pipeline.fill_example(batch, 1, record, config.data, flip=True)
+  batch = examples.empty_batch(2, config.data)
+  examples.fill_example(batch, 0, record, config.data)
+  examples.fill_example(batch, 1, record, config.data, flip=True)
   n = record.num_instances
   labelled = record.keypoints[..., 2] > 0
   expected = np.where(labelled[..., None], (record.keypoints[..., :2] + 0.5) * 0.5, 0.0)
@@ -97,19 +100,19 @@ def test_batches_resize_flip_and_swap_keypoints(split):
 
 
 def test_keypoint_metrics_of_the_ground_truth_is_one(split):
-  ground_truth = evaluate.coco_eval.GroundTruth.from_file(split[0])
+  ground_truth = evaluator_lib.coco_eval.GroundTruth.from_file(split[0])
   results = [{'image_id': a['image_id'], 'category_id': a['category_id'],
               'keypoints': a['keypoints'], 'score': 1.0}
              for a in ground_truth.dataset['annotations']
              if not a['iscrowd'] and a['num_keypoints'] > 0]
-  metrics = evaluate.keypoint_metrics(ground_truth, results, (0.079,) * 4)
+  metrics = keypoint_eval.keypoint_metrics(ground_truth, results, (0.079,) * 4)
   assert metrics['AP'] == pytest.approx(1.0)
   # Every keypoint 3 px off: OKS below 0.5 on small shapes, so AP drops, as OKS says.
   shifted = [dict(r, keypoints=[v + 3 * (i % 3 < 2) for i, v in enumerate(r['keypoints'])])
              for r in results]
-  assert evaluate.keypoint_metrics(ground_truth, shifted, (0.079,) * 4)['AP'] < 0.9
+  assert keypoint_eval.keypoint_metrics(ground_truth, shifted, (0.079,) * 4)['AP'] < 0.9
   with pytest.raises(ValueError, match='keypoint_oks_sigmas'):
-    evaluate.keypoint_metrics(ground_truth, results)
+    keypoint_eval.keypoint_metrics(ground_truth, results)
 
 
 @pytest.mark.parametrize('min_keypoints', [1, 5, 9])

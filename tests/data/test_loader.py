@@ -14,13 +14,15 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from maskrcnn_jax.config import default_config
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import examples
 from maskrcnn_jax.data import loader
 from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import structures
 from maskrcnn_jax.data import transforms
 from tests.conftest import REPO_ROOT
 
@@ -170,7 +172,7 @@ def _check_on_canvas(batch, by_id, cfg, train):
   height, width = batch['images'].shape[1:3]
   assert (height, width) in sizes
   for i, image_id in enumerate(batch['image_id']):
-    if image_id == pipeline.PADDING_IMAGE_ID:
+    if image_id == examples.PADDING_IMAGE_ID:
       assert not batch['images'][i].any() and not batch['gt_classes'][i].any()
       continue
     record = by_id[int(image_id)]
@@ -232,7 +234,7 @@ def test_each_slot_is_prepare_example_with_its_position_rng(varied):
       record = by_id[int(image_id)]
       canvas = transforms.Canvas(index, height, width, record.height > record.width)
       position = step * 4 + 2 + j  # host 1 holds slots 2 and 3 of each global batch
-      expected = pipeline.prepare_example(record, cfg, canvas,
+      expected = examples.prepare_example(record, cfg, canvas,
                                           np.random.default_rng([7, position, 1]))
       for key, value in expected.items():
         np.testing.assert_array_equal(batch[key][j], value, err_msg=key)
@@ -272,14 +274,14 @@ def test_eval_reads_every_image_once_grouped_by_canvas(varied):
     stream = list(batches)
   assert [b['images'].shape[1:3] for b in stream] == [(64, 64)] + [(64, 128)] * 3
   ids = np.concatenate([b['image_id'] for b in stream])
-  real = ids[ids != pipeline.PADDING_IMAGE_ID]
+  real = ids[ids != examples.PADDING_IMAGE_ID]
   assert sorted(real.tolist()) == sorted(by_id) and len(real) == len(by_id)
-  np.testing.assert_array_equal(ids[-2:], [pipeline.PADDING_IMAGE_ID] * 2)
+  np.testing.assert_array_equal(ids[-2:], [examples.PADDING_IMAGE_ID] * 2)
   for batch in stream:
     _check_on_canvas(batch, by_id, cfg, train=False)
     assert not batch['image_info'][:, 3].any()  # no flips in evaluation
     for i, image_id in enumerate(batch['image_id']):
-      if image_id != pipeline.PADDING_IMAGE_ID:  # exactly its own canvas, at the test resize
+      if image_id != examples.PADDING_IMAGE_ID:  # exactly its own canvas, at the test resize
         record = by_id[int(image_id)]
         canvas = transforms.choose_canvas(record.height, record.width, cfg, train=False)
         assert batch['images'].shape[1:3] == (canvas.height, canvas.width)
@@ -310,7 +312,7 @@ def test_corrupt_image_in_a_worker_names_its_file_and_id(varied, tmp_path):
   records = [dataclasses.replace(r, path=str(broken)) for r in varied.records]
   bad = dataclasses.replace(varied, records=records)
   with pipeline.Batches(bad, _batches_config(num_workers=1), 2, train=False) as batches:
-    with pytest.raises(coco.CocoFormatError,
+    with pytest.raises(structures.CocoFormatError,
                        match=r'image id \d+: cannot decode .*broken.png'):
       next(batches)
 
@@ -401,7 +403,8 @@ import json, sys
 import numpy as np
 from PIL import Image
 from maskrcnn_jax.config import default_config
-from maskrcnn_jax.data import coco, pipeline
+from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import pipeline
 root = sys.argv[1]
 images, annotations = [], []
 for i in range(1, 6):

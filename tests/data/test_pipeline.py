@@ -10,10 +10,14 @@ import pytest
 from maskrcnn_jax.config import default_config
 from maskrcnn_jax.data import augment
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import examples
+from maskrcnn_jax.data import image_files
+from maskrcnn_jax.data import mask_crops
+from maskrcnn_jax.data import mask_decoding
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
 from maskrcnn_jax.data import transforms
-from maskrcnn_jax.ops import masks as mask_ops
+from maskrcnn_jax.inference import paste
 from tests.conftest import REPO_ROOT
 
 
@@ -38,14 +42,14 @@ def test_example_contents_and_flip(dataset):
   cfg = _data_config()
   record = max(dataset.records, key=lambda r: r.num_instances)
   assert record.num_instances > cfg.max_instances  # exercises truncation
-  plain, flipped = pipeline.empty_batch(1, cfg), pipeline.empty_batch(1, cfg)
-  pipeline.fill_example(plain, 0, record, cfg, flip=False)
-  pipeline.fill_example(flipped, 0, record, cfg, flip=True)
+  plain, flipped = examples.empty_batch(1, cfg), examples.empty_batch(1, cfg)
+  examples.fill_example(plain, 0, record, cfg, flip=False)
+  examples.fill_example(flipped, 0, record, cfg, flip=True)
   n, scale = cfg.max_instances, 80 / 48
 
   np.testing.assert_allclose(plain['image_info'][0], [80, 80, scale, 0, 0], rtol=1e-6)
   np.testing.assert_allclose(flipped['image_info'][0], [80, 80, scale, 1, 0], rtol=1e-6)
-  image = coco.read_image(record)
+  image = image_files.read_image(record)
   # Raw uint8 pixels: OpenCV's bilinear resize, within a level of torch's exact one.
   assert plain['images'].dtype == np.uint8
   expected = transforms.resize_uint8(image, 80, 80)
@@ -63,16 +67,16 @@ def test_example_contents_and_flip(dataset):
     np.testing.assert_array_equal(batch['gt_is_crowd'][0], record.is_crowd[:n])
     assert batch['image_id'][0] == record.image_id
 
-  masks = coco.decode_masks(record)
+  masks = mask_decoding.decode_masks(record)
   for i in range(n):
     box = record.boxes[i]
     np.testing.assert_array_equal(plain['gt_masks'][0, i],
-                                  mask_ops.crop_and_resize_mask(masks[i], box, 16))
+                                  mask_crops.crop_and_resize_mask(masks[i], box, 16))
     # The flipped crop is the crop of the mirrored mask over the mirrored box.
     mirrored_box = [48 - box[2], box[1], 48 - box[0], box[3]]
     np.testing.assert_array_equal(
         flipped['gt_masks'][0, i],
-        mask_ops.crop_and_resize_mask(masks[i][:, ::-1], mirrored_box, 16))
+        mask_crops.crop_and_resize_mask(masks[i][:, ::-1], mirrored_box, 16))
     assert plain['gt_masks'][0, i].any()
 
 
@@ -81,9 +85,9 @@ def test_prepare_example_is_fill_example_and_times_its_stages(dataset):
   record = dataset.records[3]
   canvas = transforms.choose_canvas(record.height, record.width, cfg, train=False)
   seconds = {}
-  example = pipeline.prepare_example(record, cfg, canvas, None, seconds)
-  batch = pipeline.empty_batch(1, cfg)
-  pipeline.fill_example(batch, 0, record, cfg)
+  example = examples.prepare_example(record, cfg, canvas, None, seconds)
+  batch = examples.empty_batch(1, cfg)
+  examples.fill_example(batch, 0, record, cfg)
   assert set(example) == set(batch)
   for key, value in example.items():
     assert value.shape == batch[key].shape[1:] and value.dtype == batch[key].dtype, key
@@ -98,11 +102,11 @@ def test_training_draws_the_shorter_side(dataset):
   canvas = transforms.choose_canvas(record.height, record.width, cfg, train=True)
   sides = set()
   for seed in range(30):
-    example = pipeline.prepare_example(record, cfg, canvas, np.random.default_rng(seed))
+    example = examples.prepare_example(record, cfg, canvas, np.random.default_rng(seed))
     side, scale = int(example['image_info'][0]), example['image_info'][2]
     sides.add(side)
     assert tuple(example['image_info'][:2]) == (side, side) and scale == pytest.approx(side / 48)
-    image = transforms.resize_uint8(coco.read_image(record), side, side)
+    image = transforms.resize_uint8(image_files.read_image(record), side, side)
     if example['image_info'][3]:
       image = image[:, ::-1]
     np.testing.assert_array_equal(example['images'][:side, :side], image)
@@ -128,9 +132,9 @@ def test_transposed_example_is_the_transpose_of_the_plain_one(coco_tiny, flip):
   settings = dict(min_size=200, max_size=320, max_instances=30, mask_size=28)
   plain_config = _data_config(image_size=(320, 320), **settings)
   config = _data_config(image_size=(256, 320), transpose_portrait=True, **settings)
-  plain, transposed = pipeline.empty_batch(1, plain_config), pipeline.empty_batch(1, config)
-  pipeline.fill_example(plain, 0, record, plain_config, flip)
-  pipeline.fill_example(transposed, 0, record, config, flip)
+  plain, transposed = examples.empty_batch(1, plain_config), examples.empty_batch(1, config)
+  examples.fill_example(plain, 0, record, plain_config, flip)
+  examples.fill_example(transposed, 0, record, config, flip)
   h, w = (int(v) for v in plain['image_info'][0, :2])
   assert h > w and tuple(transposed['image_info'][0]) == (w, h, plain['image_info'][0, 2],
                                                           flip, 1)
@@ -152,7 +156,7 @@ def test_transposed_example_is_the_transpose_of_the_plain_one(coco_tiny, flip):
           example['gt_boxes'][0, i:i + 1], example['gt_masks'][0, i:i + 1].astype(np.float32),
           example['image_info'][0])
       boxes = transforms.resize_boxes(boxes, rh, rw, record.height, record.width)
-      results.append((boxes, mask_ops.paste_mask(probs[0], boxes[0], record.height,
+      results.append((boxes, paste.paste_mask(probs[0], boxes[0], record.height,
                                                   record.width)))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
@@ -177,12 +181,12 @@ def test_large_scale_jitter_crops_boxes_masks_and_crowd_together(coco_tiny):
     rng = np.random.default_rng(seed)
     geometry = augment.draw_geometry(record.height, record.width, cfg, canvas,
                                      np.random.default_rng(seed))
-    example = pipeline.prepare_example(record, cfg, canvas, rng)
+    example = examples.prepare_example(record, cfg, canvas, rng)
     g = geometry
     ch, cw = min(g.new_height, 256), min(g.new_width, 256)
     assert g.cropped and (g.crop_height, g.crop_width) == (ch, cw)
     # Pixels: the window of the resized (flipped) image, zero-padded.
-    resized = transforms.resize_uint8(coco.read_image(record), g.new_height, g.new_width)
+    resized = transforms.resize_uint8(image_files.read_image(record), g.new_height, g.new_width)
     if g.flip:
       resized = resized[:, ::-1]
     np.testing.assert_array_equal(
@@ -206,13 +210,13 @@ def test_large_scale_jitter_crops_boxes_masks_and_crowd_together(coco_tiny):
     assert not example['gt_boxes'][n:].any() and not example['gt_masks'][n:].any()
     # Masks: cropped from the original mask over the clipped box mapped back to original
     # pixels (then flipped); and close to the crop of the resized, flipped, windowed mask.
-    masks = coco.decode_masks(record)
+    masks = mask_decoding.decode_masks(record)
     for slot, i in enumerate(kept):
       bx1, by1, bx2, by2 = boxes[i] + [g.crop_x, g.crop_y, g.crop_x, g.crop_y]
       if g.flip:
         bx1, bx2 = g.new_width - bx2, g.new_width - bx1
       source = [bx1 / sx, by1 / sy, bx2 / sx, by2 / sy]
-      expected = mask_ops.crop_and_resize_mask(masks[i], source, 28)
+      expected = mask_crops.crop_and_resize_mask(masks[i], source, 28)
       np.testing.assert_array_equal(example['gt_masks'][slot],
                                     expected[:, ::-1] if g.flip else expected)
       window = cv2.resize(masks[i], (g.new_width, g.new_height),
@@ -220,7 +224,7 @@ def test_large_scale_jitter_crops_boxes_masks_and_crowd_together(coco_tiny):
       if g.flip:
         window = window[:, ::-1]
       window = window[g.crop_y:g.crop_y + ch, g.crop_x:g.crop_x + cw]
-      coarse = mask_ops.crop_and_resize_mask(window, example['gt_boxes'][slot], 28)
+      coarse = mask_crops.crop_and_resize_mask(window, example['gt_boxes'][slot], 28)
       if min(boxes[i, 2:] - boxes[i, :2]) >= 24:  # big enough for the samplings to agree
         checked += 1
         assert np.mean(coarse != example['gt_masks'][slot]) < 0.1, (seed, i)
@@ -228,8 +232,8 @@ def test_large_scale_jitter_crops_boxes_masks_and_crowd_together(coco_tiny):
 def test_padding_instances_are_zero(dataset):
   cfg = _data_config(max_instances=12)
   record = min((r for r in dataset.records if r.num_instances), key=lambda r: r.num_instances)
-  batch = pipeline.empty_batch(1, cfg)
-  pipeline.fill_example(batch, 0, record, cfg, flip=False)
+  batch = examples.empty_batch(1, cfg)
+  examples.fill_example(batch, 0, record, cfg, flip=False)
   n = record.num_instances
   for key in ('gt_boxes', 'gt_classes', 'gt_masks', 'gt_is_crowd'):
     assert not batch[key][0, n:].any(), key
@@ -249,7 +253,7 @@ def test_real_coco_slice(coco_tiny):
   crowd = expected_crowd = 0
   for batch in stream:
     for i, image_id in enumerate(batch['image_id']):
-      if image_id == pipeline.PADDING_IMAGE_ID:
+      if image_id == examples.PADDING_IMAGE_ID:
         continue
       record = by_id[image_id]
       n = min(record.num_instances, 20)

@@ -7,6 +7,8 @@ import numpy as np
 from PIL import Image
 
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import image_files
+from maskrcnn_jax.data import mask_decoding
 from maskrcnn_jax.data import shapes
 
 
@@ -38,8 +40,8 @@ def test_reads_as_coco_with_every_mask_format(tmp_path):
   assert sum(int(r.is_crowd.sum()) for r in dataset.records) == 4  # every 6th image
   sizes = []
   for record in dataset.records:
-    assert coco.read_image(record).shape == (64, 64, 3)
-    masks = coco.decode_masks(record)
+    assert image_files.read_image(record).shape == (64, 64, 3)
+    masks = mask_decoding.decode_masks(record)
     union = np.zeros((64, 64), int)
     for mask, box, ann_id in zip(masks, record.boxes, record.annotation_ids):
       assert mask.sum() == areas[ann_id]

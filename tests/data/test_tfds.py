@@ -9,8 +9,11 @@ import tensorflow_datasets as tfds
 
 from maskrcnn_jax.config import default_config
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import image_files
+from maskrcnn_jax.data import mask_decoding
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
+from maskrcnn_jax.data import structures
 from maskrcnn_jax.data import tfds_coco
 
 
@@ -30,8 +33,8 @@ def _assert_same_records(ours, reference):
     assert r.image_id == q.image_id and (r.height, r.width) == (q.height, q.width)
     for field in ('annotation_ids', 'boxes', 'classes', 'is_crowd'):
       np.testing.assert_array_equal(getattr(r, field), getattr(q, field))
-    np.testing.assert_array_equal(coco.read_image(r), coco.read_image(q))
-    np.testing.assert_array_equal(coco.decode_masks(r), coco.decode_masks(q))
+    np.testing.assert_array_equal(image_files.read_image(r), image_files.read_image(q))
+    np.testing.assert_array_equal(mask_decoding.decode_masks(r), mask_decoding.decode_masks(q))
 
 
 def test_reads_back_by_name(prepared):
@@ -42,7 +45,7 @@ def test_reads_back_by_name(prepared):
   assert builder.info.metadata['class_names'] == [c['name'] for c in shapes.CATEGORIES]
   example = builder.as_data_source('train')[0]
   reference = coco.load_coco(*splits['train'], filter_empty=False).records[0]
-  np.testing.assert_array_equal(example['image'], coco.read_image(reference))
+  np.testing.assert_array_equal(example['image'], image_files.read_image(reference))
   np.testing.assert_array_equal(example['objects']['box'], reference.boxes)
 
 
@@ -95,7 +98,7 @@ def test_bad_input_fails_when_preparing(tmp_path):
   (manual_dir / 'annotations').mkdir(parents=True)
   (manual_dir / 'val').mkdir()
   (manual_dir / 'annotations' / 'instances_val.json').write_text('{"images": [')
-  with pytest.raises(coco.CocoFormatError, match='instances_val.json: not valid JSON'):
+  with pytest.raises(structures.CocoFormatError, match='instances_val.json: not valid JSON'):
     tfds_coco.prepare(str(manual_dir), str(tmp_path / 'tfds'))
 
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax import convert
+from maskrcnn_jax.inference import keypoint_decoding
+from maskrcnn_jax.inference.predictor import Predictor
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.model import poolers
 from maskrcnn_jax.ops import keypoints as keypoint_ops
-from maskrcnn_jax.predictor import Predictor
 from tests.conftest import FIXTURES
 from tests.conftest import load_config
 from tests.tools import record_torchvision_keypointrcnn as recorder
@@ -65,8 +66,8 @@ def test_conversion_names_a_missing_keypoint_key(state_dict):
 
 
 def test_heatmaps_to_keypoints_as_torchvision(recorded):
-  keypoints, scores = keypoint_ops.heatmaps_to_keypoints(recorded['heatmaps_0'],
-                                                         recorded['heatmap_boxes_0'])
+  keypoints, scores = keypoint_decoding.heatmaps_to_keypoints(recorded['heatmaps_0'],
+                                                              recorded['heatmap_boxes_0'])
   np.testing.assert_allclose(keypoints, recorded['resized_keypoints_0'], atol=1e-3, rtol=0)
   np.testing.assert_allclose(scores, recorded['resized_keypoint_scores_0'], atol=1e-4,
                              rtol=1e-5)
@@ -155,14 +156,14 @@ def test_mask_and_keypoint_heads_pool_once_with_the_same_result(monkeypatch):
   """With both heads at 14 x 14 the RoI features are pooled once and shared: the same
   losses and detections as each head pooling on its own, gradients within float error
   (one scatter-add of the summed cotangents instead of two)."""
-  from maskrcnn_jax import train  # pylint: disable=import-outside-toplevel
-  from maskrcnn_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from maskrcnn_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  from maskrcnn_jax.data import examples  # pylint: disable=import-outside-toplevel
   config = load_config('shapes_keypoint_demo')
   config.train.batch_size = 2
   model = mask_rcnn.MaskRCNN(config.model)
-  variables = train.init_variables(model, tuple(config.data.image_size), jax.random.key(0))
+  variables = step_lib.init_variables(model, tuple(config.data.image_size), jax.random.key(0))
   rng = np.random.default_rng(0)
-  batch = pipeline.empty_batch(2, config.data)
+  batch = examples.empty_batch(2, config.data)
   batch['images'][:] = rng.integers(0, 256, batch['images'].shape)
   batch['image_info'][:] = [128, 128, 1.0, 0.0, 0.0]  # height, width, scale, no flip or transpose
   corners = rng.uniform(0, 64, (2, 3, 2))

@@ -37,14 +37,15 @@ import pytest
 
 from maskrcnn_jax import convert
 from maskrcnn_jax import image_info
-from maskrcnn_jax import xla_options
-from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import examples
+from maskrcnn_jax.data import mask_crops
 from maskrcnn_jax.model import losses as losses_lib
 from maskrcnn_jax.model import poolers
 from maskrcnn_jax.model import targets as targets_lib
 from maskrcnn_jax.model.mask_rcnn import MaskRCNN
 from maskrcnn_jax.ops import anchors as anchor_ops
-from maskrcnn_jax.ops import masks as mask_ops
+from maskrcnn_jax.ops import mask_targets as mask_ops
+from maskrcnn_jax.runtime import compiler
 from tests.conftest import FIXTURES
 from tests.conftest import reduced_detectron2_config
 from tests.tools import seeded_weights
@@ -85,7 +86,7 @@ def _unpack(packed, shape):
 def _batch(recorded, data_config):
   """The pipeline's batch: images on the first image's canvas, gt masks as 112-px crops."""
   canvas = recorded['image_0'].shape[:2]
-  batch = pipeline.empty_batch(NUM_IMAGES, data_config, canvas)
+  batch = examples.empty_batch(NUM_IMAGES, data_config, canvas)
   del batch['image_id']
   for i in range(NUM_IMAGES):
     image, boxes = recorded[f'image_{i}'], recorded[f'gt_boxes_{i}']
@@ -95,8 +96,8 @@ def _batch(recorded, data_config):
     batch['gt_boxes'][i, :n] = boxes
     batch['gt_classes'][i, :n] = recorded[f'gt_classes_{i}'] + 1  # Detectron2's 0..K-1
     for j, mask in enumerate(_unpack(recorded[f'gt_masks_{i}'], (n, h, w))):
-      batch['gt_masks'][i, j] = mask_ops.crop_and_resize_mask(mask, boxes[j],
-                                                              data_config.mask_size)
+      batch['gt_masks'][i, j] = mask_crops.crop_and_resize_mask(mask, boxes[j],
+                                                                data_config.mask_size)
   return batch
 
 
@@ -183,8 +184,8 @@ def computed(recorded):
   weights = friendly(seeded_weights.seeded_state_dict(names_and_shapes, int(recorded['seed'])))
   config = _config(recorded)
   batch = _batch(recorded, config.data)
-  forward = xla_options.jit(functools.partial(MaskRCNN(config.model).apply,
-                                              method=_losses_and_mask_head))  # as training
+  forward = compiler.jit(functools.partial(MaskRCNN(config.model).apply,
+                                           method=_losses_and_mask_head))  # as training
   terms, rois, logits = jax.device_get(forward(convert.from_detectron2(weights), batch,
                                                jax.random.PRNGKey(0)))
   valid, labels, matched_gt, theirs = _theirs_in_our_slots(recorded, rois)

@@ -7,10 +7,14 @@ import pathlib
 
 import jax
 import numpy as np
-import pytest
 from pycocotools import mask as mask_util
+import pytest
 
-from maskrcnn_jax.ops import masks
+from maskrcnn_jax.data import interpolation
+from maskrcnn_jax.data import mask_crops
+from maskrcnn_jax.data import mask_decoding
+from maskrcnn_jax.inference import paste
+from maskrcnn_jax.ops import mask_targets as mask_ops
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / 'fixtures'
 
@@ -62,7 +66,7 @@ def test_polygons_match_coco_areas(coco_tiny):
     if ann['iscrowd']:
       continue
     image = images[ann['image_id']]
-    mask = masks.segmentation_to_mask(ann['segmentation'], image['height'], image['width'])
+    mask = mask_decoding.segmentation_to_mask(ann['segmentation'], image['height'], image['width'])
     assert mask.shape == (image['height'], image['width']) and mask.dtype == np.uint8
     assert set(np.unique(mask)) <= {0, 1}
     # Rasterized pixels vs the polygon area: boundary pixels make small objects differ.
@@ -80,12 +84,12 @@ def test_crowd_rle_matches_pycocotools(coco_tiny):
   for ann in crowds:
     image = images[ann['image_id']]
     height, width = image['height'], image['width']
-    mask = masks.segmentation_to_mask(ann['segmentation'], height, width)
+    mask = mask_decoding.segmentation_to_mask(ann['segmentation'], height, width)
     # COCO's crowd `area` fields are not the RLE pixel count; pycocotools' area is.
     compressed = mask_util.frPyObjects(ann['segmentation'], height, width)
     assert int(mask.sum()) == int(mask_util.area(compressed))
     as_str = {'counts': compressed['counts'].decode('ascii'), 'size': [height, width]}
-    np.testing.assert_array_equal(masks.segmentation_to_mask(as_str, height, width), mask)
+    np.testing.assert_array_equal(mask_decoding.segmentation_to_mask(as_str, height, width), mask)
 
 
 def test_compressed_and_uncompressed_rle_identical():
@@ -97,7 +101,7 @@ def test_compressed_and_uncompressed_rle_identical():
     compressed = mask_util.encode(np.asfortranarray(mask))
     as_str = {'counts': compressed['counts'].decode('ascii'), 'size': [height, width]}
     for segmentation in (uncompressed, compressed, as_str):
-      decoded = masks.segmentation_to_mask(segmentation, height, width)
+      decoded = mask_decoding.segmentation_to_mask(segmentation, height, width)
       assert decoded.dtype == np.uint8
       np.testing.assert_array_equal(decoded, mask)
 
@@ -108,7 +112,8 @@ def test_polygons_are_merged():
   expected = np.zeros((12, 14), np.uint8)
   expected[3:8, 2:10] = 1
   expected[5:11, 6:13] = 1
-  np.testing.assert_array_equal(masks.segmentation_to_mask([rect_a, rect_b], 12, 14), expected)
+  np.testing.assert_array_equal(
+      mask_decoding.segmentation_to_mask([rect_a, rect_b], 12, 14), expected)
 
 
 @pytest.mark.parametrize('segmentation, match', [
@@ -129,7 +134,7 @@ def test_polygons_are_merged():
 ])
 def test_bad_segmentations_raise(segmentation, match):
   with pytest.raises(ValueError, match=match):
-    masks.segmentation_to_mask(segmentation, 3, 4)
+    mask_decoding.segmentation_to_mask(segmentation, 3, 4)
 
 
 # crop_and_resize_mask
@@ -160,7 +165,7 @@ def test_crop_and_resize_matches_reference(order):
   ]
   for box in boxes:
     for size in (7, 16):
-      out = masks.crop_and_resize_mask(mask, box, size)
+      out = mask_crops.crop_and_resize_mask(mask, box, size)
       assert out.shape == (size, size) and out.dtype == np.uint8
       np.testing.assert_array_equal(out, crop_and_resize_reference(mask, box, size), str(box))
 
@@ -169,7 +174,7 @@ def test_crop_and_resize_matches_reference(order):
                                  (0.0, 0.0, float('nan'), 3.0)])
 def test_crop_and_resize_degenerate_box_is_zeros(box):
   mask = np.ones((10, 10), np.uint8)
-  np.testing.assert_array_equal(masks.crop_and_resize_mask(mask, box, 8), 0)
+  np.testing.assert_array_equal(mask_crops.crop_and_resize_mask(mask, box, 8), 0)
 
 
 def iou(a, b):
@@ -187,8 +192,8 @@ def test_crop_then_paste_round_trip(shape):
     mask[(yy - 47.3) ** 2 + (xx - 58.1) ** 2 < 31.0 ** 2] = 1
   rows, cols = np.nonzero(mask)
   box = (cols.min(), rows.min(), cols.max() + 1.0, rows.max() + 1.0)
-  crop = masks.crop_and_resize_mask(mask, box, 112)
-  pasted = masks.paste_mask(crop.astype(np.float32), box, height, width, method='bilinear')
+  crop = mask_crops.crop_and_resize_mask(mask, box, 112)
+  pasted = paste.paste_mask(crop.astype(np.float32), box, height, width, method='bilinear')
   assert iou(pasted, mask.astype(bool)) > 0.95
 
 
@@ -201,7 +206,7 @@ def test_paste_torchvision_matches_recorded_fixture():
   assert num_cases >= 10
   for i in range(num_cases):
     height, width = (int(v) for v in data[f'image_size_{i}'])
-    out = masks.paste_mask(data[f'mask_probs_{i}'], data[f'box_{i}'], height, width,
+    out = paste.paste_mask(data[f'mask_probs_{i}'], data[f'box_{i}'], height, width,
                            method='torchvision')
     assert out.shape == (height, width) and out.dtype == bool
     np.testing.assert_array_equal(out, data[f'pasted_{i}'], f'case {i}')
@@ -233,7 +238,7 @@ def test_paste_bilinear_matches_reference():
     probs = rng.random((size, size), dtype=np.float32)
     reference = paste_bilinear_reference(probs, box, 28, 36)
     for threshold in (0.5, 0.1):
-      out = masks.paste_mask(probs, box, 28, 36, threshold=threshold)
+      out = paste.paste_mask(probs, box, 28, 36, threshold=threshold)
       assert out.shape == (28, 36) and out.dtype == bool
       decided = np.abs(reference - threshold) > 1e-9
       np.testing.assert_array_equal(out[decided], reference[decided] >= threshold, str(box))
@@ -243,15 +248,15 @@ def test_paste_bilinear_matches_reference():
 @pytest.mark.parametrize('box', [(40.0, 5.0, 60.0, 15.0), (-30.0, -20.0, -10.0, -5.0),
                                  (32.0, 0.0, 38.0, 20.0), (12.0, 8.0, 4.0, 2.0)])
 def test_paste_box_outside_image_or_inverted_is_empty(method, box):
-  out = masks.paste_mask(np.ones((28, 28), np.float32), box, 20, 30, method=method)
+  out = paste.paste_mask(np.ones((28, 28), np.float32), box, 20, 30, method=method)
   assert out.shape == (20, 30) and not out.any()
 
 
 def test_paste_zero_width_box():
   probs = np.ones((28, 28), np.float32)
-  assert not masks.paste_mask(probs, (5.0, 5.0, 5.0, 9.0), 20, 30).any()
+  assert not paste.paste_mask(probs, (5.0, 5.0, 5.0, 9.0), 20, 30).any()
   # torchvision resizes to at least one pixel: a one-column line.
-  out = masks.paste_mask(probs, (5.0, 5.0, 5.0, 9.0), 20, 30, method='torchvision')
+  out = paste.paste_mask(probs, (5.0, 5.0, 5.0, 9.0), 20, 30, method='torchvision')
   assert set(np.nonzero(out)[1]) == {5} and 4 <= out.sum() <= 6
 
 
@@ -265,7 +270,7 @@ def test_paste_taps_of_many_boxes_are_those_of_each_box():
   for name, lo_, hi_ in (('bilinear_paste_coords', lo, hi),
                          ('torchvision_paste_taps', lo.astype(np.float32),
                           hi.astype(np.float32))):
-    paste_taps = getattr(masks, name)
+    paste_taps = getattr(paste, name)
     with np.errstate(invalid='ignore'):
       start, offsets, *taps = paste_taps(lo_, hi_, 28, 50)
     assert offsets[0] == 0 and not np.diff(offsets)[3:5].any()
@@ -284,17 +289,17 @@ def test_paste_taps_of_many_boxes_are_those_of_each_box():
 def test_torch_bilinear_taps_with_one_output_size_per_position():
   positions = np.concatenate([np.arange(n) for n in (5, 30, 31, 90)])
   sizes = np.repeat([5, 30, 31, 90], [5, 30, 31, 90])
-  taps = masks.torch_bilinear_taps(30, positions, sizes)
+  taps = interpolation.torch_bilinear_taps(30, positions, sizes)
   for n in (5, 30, 31, 90):
-    for batched, alone in zip(taps, masks.torch_bilinear_taps(30, np.arange(n), n)):
+    for batched, alone in zip(taps, interpolation.torch_bilinear_taps(30, np.arange(n), n)):
       np.testing.assert_array_equal(batched[sizes == n], alone)
 
 
 def test_paste_bad_inputs_raise():
   with pytest.raises(ValueError, match='method'):
-    masks.paste_mask(np.ones((4, 4)), (0, 0, 2, 2), 5, 5, method='nearest')
+    paste.paste_mask(np.ones((4, 4)), (0, 0, 2, 2), 5, 5, method='nearest')
   with pytest.raises(ValueError, match='expected'):
-    masks.paste_mask(np.ones((2, 4, 4)), (0, 0, 2, 2), 5, 5)
+    paste.paste_mask(np.ones((2, 4, 4)), (0, 0, 2, 2), 5, 5)
 
 
 # mask_targets
@@ -333,7 +338,7 @@ def make_targets_inputs(rng, num_gt=4, num_rois=10, crop_size=16):
 def test_mask_targets_matches_reference():
   rng = np.random.default_rng(3)
   crops, gt_boxes, rois, matched_gt = make_targets_inputs(rng)
-  out = np.asarray(masks.mask_targets(crops, gt_boxes, rois, matched_gt, output_size=8))
+  out = np.asarray(mask_ops.mask_targets(crops, gt_boxes, rois, matched_gt, output_size=8))
   assert out.shape == (10, 8, 8) and out.dtype == np.float32
   reference = mask_targets_reference(crops, gt_boxes, rois, matched_gt, 8)
   decided = np.abs(reference - 0.5) > 1e-4  # float32 vs float64 right at the threshold
@@ -347,9 +352,9 @@ def test_mask_targets_roi_equal_to_gt_box_resizes_crop():
   crops = np.stack([random_blob_mask(rng, 112, 112) for _ in range(3)])
   gt_boxes = np.array([[10.3, 20.7, 90.1, 64.9], [0.0, 0.0, 30.0, 30.0],
                        [5.5, 1.25, 17.75, 100.5]], np.float32)
-  out = masks.mask_targets(crops, gt_boxes, gt_boxes, np.arange(3, dtype=np.int32))
+  out = mask_ops.mask_targets(crops, gt_boxes, gt_boxes, np.arange(3, dtype=np.int32))
   for n in range(3):
-    expected = masks.crop_and_resize_mask(crops[n], (0.0, 0.0, 112.0, 112.0), 28)
+    expected = mask_crops.crop_and_resize_mask(crops[n], (0.0, 0.0, 112.0, 112.0), 28)
     np.testing.assert_array_equal(np.asarray(out[n]), expected.astype(np.float32))
 
 
@@ -358,7 +363,7 @@ def test_mask_targets_roi_outside_gt_box_is_zero():
   gt_boxes = np.array([[10.0, 10.0, 20.0, 20.0]], np.float32)
   rois = np.array([[20.0, 10.0, 30.0, 20.0], [-5.0, -5.0, 9.9, 9.9], [0.0, 21.0, 50.0, 40.0]],
                   np.float32)
-  out = masks.mask_targets(crops, gt_boxes, rois, np.zeros(3, np.int32), output_size=8)
+  out = mask_ops.mask_targets(crops, gt_boxes, rois, np.zeros(3, np.int32), output_size=8)
   np.testing.assert_array_equal(np.asarray(out), 0.0)
 
 
@@ -366,7 +371,7 @@ def test_mask_targets_jit_and_vmap():
   rng = np.random.default_rng(5)
   batch = [make_targets_inputs(rng) for _ in range(2)]
   stacked = [np.stack(parts) for parts in zip(*batch)]
-  targets = functools.partial(masks.mask_targets, output_size=8)
+  targets = functools.partial(mask_ops.mask_targets, output_size=8)
   out = jax.jit(jax.vmap(targets))(*stacked)
   assert out.shape == (2, 10, 8, 8)
   for b, inputs in enumerate(batch):

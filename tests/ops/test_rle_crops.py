@@ -1,6 +1,6 @@
 """Tests for maskrcnn_jax.ops.rle_crops: crops from RLEs equal the crops of decoded masks.
 
-The reference is `masks.crop_and_resize_mask` of pycocotools' full decode (itself tested
+The reference is `mask_crops.crop_and_resize_mask` of pycocotools' full decode (itself tested
 against a per-pixel NumPy definition in test_masks.py); equality is exact.
 """
 
@@ -10,13 +10,13 @@ import numpy as np
 from pycocotools import mask as mask_util
 import pytest
 
-from maskrcnn_jax.ops import masks
-from maskrcnn_jax.ops import rle_crops
+from maskrcnn_jax.data import mask_crops
+from maskrcnn_jax.data import mask_decoding
 from tests.ops.test_masks import random_blob_mask
 
 
 def _reference(rles, boxes, size):
-  return np.stack([masks.crop_and_resize_mask(mask_util.decode(rle), box, size)
+  return np.stack([mask_crops.crop_and_resize_mask(mask_util.decode(rle), box, size)
                    for rle, box in zip(rles, boxes)])
 
 
@@ -41,7 +41,7 @@ def test_random_masks_same_as_decoding_them(size):
                       rng.uniform(width / 2, width + 5, 7),
                       rng.uniform(height / 2, height + 5, 7)], axis=1)
     for tried in _boxes_to_try(boxes, height, width, rng):
-      crops = rle_crops.crop_and_resize_rles(rles, tried, size)
+      crops = mask_crops.crop_and_resize_rles(rles, tried, size)
       assert crops.shape == (7, size, size) and crops.dtype == np.uint8
       np.testing.assert_array_equal(crops, _reference(rles, tried, size))
 
@@ -57,21 +57,21 @@ def test_coco_slice_same_as_decoding(coco_tiny):
   checked = 0
   for image_id, anns in sorted(by_image.items())[:25]:
     height, width = sizes[image_id]
-    rles = [masks.segmentation_to_rle(a['segmentation'], height, width) for a in anns]
+    rles = [mask_decoding.segmentation_to_rle(a['segmentation'], height, width) for a in anns]
     boxes = [[x, y, x + w, y + h] for x, y, w, h in (a['bbox'] for a in anns)]
     for tried in _boxes_to_try(boxes, height, width, rng)[:3]:
-      np.testing.assert_array_equal(rle_crops.crop_and_resize_rles(rles, tried, 112),
+      np.testing.assert_array_equal(mask_crops.crop_and_resize_rles(rles, tried, 112),
                                     _reference(rles, tried, 112), str(image_id))
       checked += len(anns)
   assert checked > 300
 
 
 def test_no_instances_and_mixed_sizes():
-  assert rle_crops.crop_and_resize_rles([], np.zeros((0, 4)), 8).shape == (0, 8, 8)
+  assert mask_crops.crop_and_resize_rles([], np.zeros((0, 4)), 8).shape == (0, 8, 8)
   a = mask_util.encode(np.asfortranarray(np.ones((4, 5), np.uint8)))
   b = mask_util.encode(np.asfortranarray(np.ones((5, 4), np.uint8)))
   with pytest.raises(ValueError, match='share its size'):
-    rle_crops.crop_and_resize_rles([a, b], np.ones((2, 4)), 8)
+    mask_crops.crop_and_resize_rles([a, b], np.ones((2, 4)), 8)
 
 
 def test_decompress_counts_gives_back_the_runs():
@@ -86,8 +86,8 @@ def test_decompress_counts_gives_back_the_runs():
   strings = [mask_util.frPyObjects({'counts': runs, 'size': [1, sum(runs)]}, 1,
                                    sum(runs))['counts'] for runs in runs_list]
   strings.insert(2, b'')
-  runs, offsets = masks.decompress_counts(strings)
+  runs, offsets = mask_decoding.decompress_counts(strings)
   got = [runs[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
   assert got == runs_list[:2] + [[]] + runs_list[2:]
   with pytest.raises(ValueError, match='middle of a number'):
-    masks.decompress_counts([strings[0], b'1P'])
+    mask_decoding.decompress_counts([strings[0], b'1P'])

@@ -69,9 +69,9 @@ def _start_jax(args: argparse.Namespace):
   except (AttributeError, ValueError) as error:  # no such option, or no 'gloo' value
     _gloo_unavailable(error)
   sys.path.insert(0, str(REPO_ROOT))
-  from maskrcnn_jax import parallel  # pylint: disable=import-outside-toplevel
+  from maskrcnn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
   if args.num_processes > 1:
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    distributed.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   try:
     jax.devices()  # starts the CPU backend, which builds the gloo collectives
   except Exception as error:  # pylint: disable=broad-exception-caught
@@ -97,20 +97,20 @@ def main() -> None:
   jax = _start_jax(args)
   # pylint: disable=import-outside-toplevel
   from maskrcnn_jax import checkpoint
-  from maskrcnn_jax import parallel
-  from maskrcnn_jax import train
+  from maskrcnn_jax.runtime import distributed
+  from maskrcnn_jax.train import step as step_lib
   from maskrcnn_jax.data import pipeline
   from tests.test_train import tiny_config
   # pylint: enable=import-outside-toplevel
 
   config = tiny_config(args.data_root)
   dataset = pipeline.load_split(config.data, 'train')
-  mesh = parallel.data_mesh()
-  model, optimizer, state = train.create_train_state(config, jax.random.key(0))
-  state = parallel.replicate(state, mesh)
+  mesh = distributed.data_mesh()
+  model, optimizer, state = step_lib.create_train_state(config, jax.random.key(0))
+  state = distributed.replicate(state, mesh)
   _log(f'process {jax.process_index()} of {jax.process_count()}: state on '
        f'{jax.device_count()} devices')
-  step_fn = train.jit_train_step(model, optimizer, config.train, mesh)
+  step_fn = step_lib.jit_train_step(model, optimizer, config.train, mesh)
   key = jax.random.key(1)
 
   def run_steps(state, start, count):
@@ -119,7 +119,7 @@ def main() -> None:
                           start_step=start, process_index=jax.process_index(),
                           process_count=jax.process_count()) as batches:
       for _, batch in zip(range(count), batches):
-        state, metrics = step_fn(state, parallel.host_batch_to_global(batch, mesh), key)
+        state, metrics = step_fn(state, distributed.host_batch_to_global(batch, mesh), key)
         metrics = jax.device_get(metrics)
         history.append({name: float(metrics[name]) for name in METRICS})
         _log(f'step {start + len(history)}: total loss {history[-1]["total"]:.6f}')
@@ -133,8 +133,8 @@ def main() -> None:
     directory = os.path.join(args.workdir, 'checkpoints')
     checkpoint.save_train_state(directory, args.steps, state, keep=2)
     _log(f'saved step {args.steps} in {directory}')
-    _, _, fresh = train.create_train_state(config, jax.random.key(7))
-    fresh = parallel.replicate(fresh, mesh)
+    _, _, fresh = step_lib.create_train_state(config, jax.random.key(7))
+    fresh = distributed.replicate(fresh, mesh)
     restored = checkpoint.restore_train_state(directory, args.steps, like=fresh)
     _log('restored')
     same_shardings = jax.tree.leaves(jax.tree.map(

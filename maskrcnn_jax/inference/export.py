@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from maskrcnn_jax import image_info as info_lib
-from maskrcnn_jax import serving
+from maskrcnn_jax.inference import serving
 from maskrcnn_jax.model import mask_rcnn
 
 STABLEHLO_FILE = 'model.stablehlo'

@@ -4,7 +4,7 @@
 train=True: shuffled, augmented, one canvas per batch) and times it with nothing else
 running: for each worker count, the seconds to produce `num_batches` batches after the
 first from each worker (those include the workers' start-up; the first is reported).
-Stage times come from `pipeline.prepare_example` run in this process on the first
+Stage times come from `examples.prepare_example` run in this process on the first
 examples of the split. `markdown(result)` renders the result as tables. Host side only
 (no device work).
 """
@@ -17,6 +17,11 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from maskrcnn_jax.data import augment
+from maskrcnn_jax.data import examples
+from maskrcnn_jax.data import image_files
+from maskrcnn_jax.data import mask_crops
+from maskrcnn_jax.data import mask_decoding
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import transforms
 
@@ -70,18 +75,36 @@ def _time_workers(dataset, config: ml_collections.ConfigDict, workers: int, batc
 
 def _stage_times(dataset, config: ml_collections.ConfigDict, num_examples: int,
                  seed: int) -> dict[str, float]:
-  """Mean milliseconds per image of each `prepare_example` stage (this process)."""
-  stages = {}
-  start, start_cpu = time.perf_counter(), time.process_time()
+  """Mean milliseconds per image (this process) of the stages of `prepare_example`, each
+  timed alone: decoding the image, resizing it, cropping its masks from their RLEs; and
+  'total', `prepare_example` whole (CPU time too, 'total_cpu')."""
+  stages = {'decode': 0.0, 'resize': 0.0, 'masks': 0.0}
+  total = total_cpu = 0.0
   for position in range(num_examples):
     record = dataset.records[position % len(dataset)]
     canvas = transforms.choose_canvas(record.height, record.width, config.data, train=True)
-    pipeline.prepare_example(record, config.data, canvas,
-                             np.random.default_rng([seed, position, 1]), stages)
+    geometry = augment.draw_geometry(record.height, record.width, config.data, canvas,
+                                     np.random.default_rng([seed, position, 1]))
+    start = time.perf_counter()
+    pixels = image_files.read_image(record)
+    decoded = time.perf_counter()
+    transforms.resize_pixels(pixels, geometry.new_height, geometry.new_width, config.data)
+    resized = time.perf_counter()
+    rles = [mask_decoding.instance_rle(record, i) for i in range(record.num_instances)]
+    mask_crops.crop_and_resize_rles(rles, record.boxes, config.data.mask_size)
+    cropped = time.perf_counter()
+    stages['decode'] += decoded - start
+    stages['resize'] += resized - decoded
+    stages['masks'] += cropped - resized
+    start, start_cpu = time.perf_counter(), time.process_time()
+    examples.prepare_example(record, config.data, canvas,
+                             np.random.default_rng([seed, position, 1]))
+    total += time.perf_counter() - start
+    # CPU time: what one process costs per image even on a machine shared with other work.
+    total_cpu += time.process_time() - start_cpu
   per_image = {stage: 1e3 * seconds / num_examples for stage, seconds in stages.items()}
-  per_image['total'] = 1e3 * (time.perf_counter() - start) / num_examples
-  # CPU time: what one process costs per image even on a machine shared with other work.
-  per_image['total_cpu'] = 1e3 * (time.process_time() - start_cpu) / num_examples
+  per_image['total'] = 1e3 * total / num_examples
+  per_image['total_cpu'] = 1e3 * total_cpu / num_examples
   return per_image
 
 

@@ -16,7 +16,7 @@ function:
     once transposed (config model.backbone.groups / width_per_group).
 
 Tables are (Detectron2 key suffix, collection, our path, transform) rows for
-`convert.convert_table`, which names every missing or unexpected key.
+`tables_lib.convert_table`, which names every missing or unexpected key.
 """
 
 import os
@@ -24,8 +24,8 @@ from typing import Mapping
 
 import numpy as np
 
-from maskrcnn_jax import convert
-from maskrcnn_jax import safe_pickle
+from maskrcnn_jax.convert import safe_pickle
+from maskrcnn_jax.convert import tables as tables_lib
 
 # Buffers some Detectron2 versions save that hold no weights (anchors, pixel statistics
 # the config carries instead).
@@ -37,15 +37,15 @@ _BN_STATS = (('weight', 'scale'), ('bias', 'bias'), ('running_mean', 'mean'),
 
 def _conv_norm_rows(name: str, path: str, norm_path: str) -> list:
   """A Detectron2 Conv2d with a FrozenBatchNorm2d `.norm` -> our conv + frozen bn."""
-  rows = [(f'{name}.weight', 'params', f'{path}/kernel', convert.conv_kernel)]
-  rows += [(f'{name}.norm.{theirs}', 'batch_stats', f'{norm_path}/{ours}', convert.identity)
+  rows = [(f'{name}.weight', 'params', f'{path}/kernel', tables_lib.conv_kernel)]
+  rows += [(f'{name}.norm.{theirs}', 'batch_stats', f'{norm_path}/{ours}', tables_lib.identity)
            for theirs, ours in _BN_STATS]
   return rows
 
 
 def _bgr_to_rgb_kernel(weight: np.ndarray) -> np.ndarray:
   """Stem conv [out, 3 (BGR), kh, kw] -> Flax kernel [kh, kw, 3 (RGB), out]."""
-  return convert.conv_kernel(weight[:, ::-1])
+  return tables_lib.conv_kernel(weight[:, ::-1])
 
 
 def resnet_table(state_dict: Mapping[str, np.ndarray], prefix: str,
@@ -54,9 +54,9 @@ def resnet_table(state_dict: Mapping[str, np.ndarray], prefix: str,
 
   Bottleneck bodies only (R50, R101, X101: what the Mask R-CNN zoo holds).
   """
-  stem_kernel = _bgr_to_rgb_kernel if input_format == 'BGR' else convert.conv_kernel
+  stem_kernel = _bgr_to_rgb_kernel if input_format == 'BGR' else tables_lib.conv_kernel
   rows = [('stem.conv1.weight', 'params', 'stem/conv1/kernel', stem_kernel)]
-  rows += [(f'stem.conv1.norm.{theirs}', 'batch_stats', f'stem/bn1/{ours}', convert.identity)
+  rows += [(f'stem.conv1.norm.{theirs}', 'batch_stats', f'stem/bn1/{ours}', tables_lib.identity)
            for theirs, ours in _BN_STATS]
   for stage in range(2, 6):
     block = 0
@@ -78,7 +78,7 @@ def fpn_table() -> list:
           for row in _conv_rows(f'{theirs}{level}', f'{ours}{level}')]
 
 
-def _conv_rows(name: str, path: str, kernel=convert.conv_kernel, bias=convert.identity
+def _conv_rows(name: str, path: str, kernel=tables_lib.conv_kernel, bias=tables_lib.identity
                ) -> list:
   return [(f'{name}.weight', 'params', f'{path}/kernel', kernel),
           (f'{name}.bias', 'params', f'{path}/bias', bias)]
@@ -105,11 +105,11 @@ def _prepend_zero_rows(rows: int):
 def box_head_table() -> list:
   """Rows for FastRCNNConvFCHead + FastRCNNOutputLayers (`roi_heads.`) -> `BoxHead`."""
   def dense_background_first(weight):
-    return convert.dense_kernel(_background_last_to_first(weight))
+    return tables_lib.dense_kernel(_background_last_to_first(weight))
   def dense_with_background(weight):
-    return convert.dense_kernel(_prepend_zero_rows(4)(weight))
-  return (_conv_rows('box_head.fc1', 'fc6', kernel=convert.dense_kernel)
-          + _conv_rows('box_head.fc2', 'fc7', kernel=convert.dense_kernel)
+    return tables_lib.dense_kernel(_prepend_zero_rows(4)(weight))
+  return (_conv_rows('box_head.fc1', 'fc6', kernel=tables_lib.dense_kernel)
+          + _conv_rows('box_head.fc2', 'fc7', kernel=tables_lib.dense_kernel)
           + _conv_rows('box_predictor.cls_score', 'cls_score', kernel=dense_background_first,
                        bias=_background_last_to_first)
           + _conv_rows('box_predictor.bbox_pred', 'bbox_pred', kernel=dense_with_background,
@@ -121,12 +121,12 @@ def mask_head_table(num_convs: int = 4, class_agnostic: bool = False) -> list:
   rows = []
   for i in range(1, num_convs + 1):
     rows += _conv_rows(f'mask_fcn{i}', f'mask_fcn{i}')
-  rows += _conv_rows('deconv', 'conv5_mask', kernel=convert.deconv_kernel)
+  rows += _conv_rows('deconv', 'conv5_mask', kernel=tables_lib.deconv_kernel)
   if class_agnostic:
     rows += _conv_rows('predictor', 'mask_fcn_logits')
   else:
     rows += _conv_rows('predictor', 'mask_fcn_logits',
-                       kernel=lambda w: convert.conv_kernel(_prepend_zero_rows(1)(w)),
+                       kernel=lambda w: tables_lib.conv_kernel(_prepend_zero_rows(1)(w)),
                        bias=_prepend_zero_rows(1))
   return rows
 
@@ -200,16 +200,16 @@ def from_detectron2(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndar
   num_convs = len({k.split('.')[2] for k in state_dict
                    if k.startswith('roi_heads.mask_head.mask_fcn')})
   body = 'backbone.bottom_up.'
-  return convert._merge_under({  # pylint: disable=protected-access
-      'backbone': convert.convert_table(state_dict, body,
-                                        resnet_table(state_dict, body, input_format)),
-      'fpn': convert.convert_table(state_dict, 'backbone.', fpn_table(),
-                                   ignore=('bottom_up.',)),
-      'rpn': convert.convert_table(state_dict, 'proposal_generator.rpn_head.', rpn_table()),
-      'box_head': convert.convert_table(state_dict, 'roi_heads.', box_head_table(),
-                                        ignore=('mask_head.',)),
-      'mask_head': convert.convert_table(state_dict, 'roi_heads.mask_head.',
-                                         mask_head_table(num_convs, class_agnostic)),
+  return tables_lib.merge_under({
+      'backbone': tables_lib.convert_table(state_dict, body,
+                                           resnet_table(state_dict, body, input_format)),
+      'fpn': tables_lib.convert_table(state_dict, 'backbone.', fpn_table(),
+                                      ignore=('bottom_up.',)),
+      'rpn': tables_lib.convert_table(state_dict, 'proposal_generator.rpn_head.', rpn_table()),
+      'box_head': tables_lib.convert_table(state_dict, 'roi_heads.', box_head_table(),
+                                           ignore=('mask_head.',)),
+      'mask_head': tables_lib.convert_table(state_dict, 'roi_heads.mask_head.',
+                                            mask_head_table(num_convs, class_agnostic)),
   })
 
 
@@ -222,4 +222,4 @@ def from_detectron2_resnet(path_or_state_dict: str | os.PathLike | Mapping[str, 
     state_dict = path_or_state_dict
   body = 'backbone.bottom_up.'
   sub = {k: v for k, v in state_dict.items() if k.startswith(body)}
-  return convert.convert_table(sub, body, resnet_table(sub, body, input_format))
+  return tables_lib.convert_table(sub, body, resnet_table(sub, body, input_format))

@@ -28,8 +28,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from maskrcnn_jax import export
-from maskrcnn_jax import serving
+from maskrcnn_jax.inference import export
+from maskrcnn_jax.inference import serving
 from maskrcnn_jax.model import mask_rcnn
 
 PATHS = ('jax.jit', 'stablehlo', 'saved_model', 'onnx')

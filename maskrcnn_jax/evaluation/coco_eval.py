@@ -8,7 +8,7 @@ is a C++ port of pycocotools' evaluateImg/accumulate and gives the same tables
 on synthetic cases). Config key: `eval.engine`.
 
 `coco_tables` runs the bbox and segm evaluations at once, one in this process and the
-other in a spawned process (`eval.coco_eval_workers`; `eval_host.process_pool`); the
+other in a spawned process (`eval.coco_eval_workers`; `worker_processes.process_pool`); the
 child gets the ground-truth dict and the results as columns (`result_columns`: a few
 arrays and the RLE strings, cheaper to pickle than 500,000 dicts). The tables are those
 of the sequential path. faster-coco-eval's results are built from the columns with one
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from maskrcnn_jax import eval_host
+from maskrcnn_jax.evaluation import worker_processes
 
 ENGINES = ('faster_coco_eval', 'pycocotools')
 # COCOeval.stats, in order.
@@ -40,7 +40,7 @@ IOU_TYPES = ('bbox', 'segm')
 MIN_CONCURRENT_RESULTS = 20_000
 
 
-def _quiet():
+def quiet():
   """Silences the engines' progress prints ('loading annotations...', 'DONE (t=0.1s)')."""
   return contextlib.redirect_stdout(io.StringIO())
 
@@ -104,7 +104,7 @@ def _indexed_coco(engine: str, dataset: dict[str, Any]) -> Any:
   coco_class, _ = _modules(engine)
   coco = coco_class()
   coco.dataset = dataset
-  with _quiet():
+  with quiet():
     coco.createIndex()
   return coco
 
@@ -167,7 +167,7 @@ def _load_results(engine: str, coco_gt: Any, columns: dict[str, Any]) -> Any:
   if engine == 'faster_coco_eval':
     return _faster_results(coco_gt, columns)
   if len(columns['score']):
-    with _quiet():
+    with quiet():
       return coco_gt.loadRes(_result_dicts(columns))
   return _indexed_coco(engine, {'images': list(coco_gt.dataset['images']),
                                 'categories': list(coco_gt.dataset['categories']),
@@ -218,7 +218,7 @@ def coco_tables(ground_truth: GroundTruth, results: dict[str, list[dict]],
     evaluated = {t: _evaluate(ground_truth.coco(engine), c, t, engine)
                  for t, c in columns.items()}
   else:
-    with eval_host.process_pool(processes - 1) as pool:
+    with worker_processes.process_pool(processes - 1) as pool:
       futures = {t: pool.submit(_evaluate_in_process, ground_truth.dataset, columns[t], t,
                                 engine) for t in others}
       evaluated = {first: _evaluate(ground_truth.coco(engine), columns[first], first,
@@ -257,10 +257,10 @@ def _evaluate(coco_gt: Any, columns: dict[str, Any], iou_type: str, engine: str
   _, eval_class = _modules(engine)
   with _no_cycle_collection():
     evaluator = eval_class(coco_gt, _load_results(engine, coco_gt, columns), iou_type)
-    with _quiet():
+    with quiet():
       evaluator.evaluate()
       evaluator.accumulate()
-    with _quiet() as table:
+    with quiet() as table:
       evaluator.summarize()
   if engine == 'faster_coco_eval':  # it logs its table; print it in pycocotools' words
     lines = _table_lines(evaluator.stats)

@@ -1,33 +1,22 @@
-"""Host post-processing of evaluation outputs: box-region pasting, region RLE, processes.
+"""Masks pasted over their box region only and RLE-encoded from it (host side, NumPy).
 
 Each detection's mask is pasted only over the image rows and columns its box can reach
-(`paste_region`) and RLE-encoded from that region (`region_runs`): the full-image
+(`paste_regions`) and RLE-encoded from that region (`runs_of_regions`): the full-image
 column-major runs are rebuilt from the region's run starts and ends, so no [H, W] mask
-is ever made. The pixels are those of `ops.masks.paste_mask`:
-torchvision's float32 arithmetic in the same order; for the bilinear paste, float32
-separable values, with the float64 reference recomputed where they are too close to the
-threshold to decide. The strings are those of pycocotools' `encode` of the full mask
-(tests/test_eval_host.py checks both); one image's masks are compressed in one call.
-
-`image_results` turns one image's detections into COCO results; `batch_results` does it
-for a batch of numpy outputs and is what `ResultsPool` runs in spawned worker processes
-(JAX runs threads, so forking after it started is unsafe). Nothing here imports jax.
+is ever made. The pixels are those of `paste.paste_mask`: torchvision's float32
+arithmetic in the same order; for the bilinear paste, float32 separable values, with
+the float64 reference recomputed where they are too close to the threshold to decide.
+The strings are those of pycocotools' `encode` of the full mask (tests check both); one
+image's masks are compressed in one call (`compress_runs`).
 """
 
-import concurrent.futures
-import multiprocessing
-import os
-import sys
-import types
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_util
 
-from maskrcnn_jax.data import transforms
-from maskrcnn_jax.ops import masks as mask_ops
-
-PADDING_IMAGE_ID = -1  # data.pipeline.PADDING_IMAGE_ID (that module is not imported here)
+from maskrcnn_jax.data import interpolation
+from maskrcnn_jax.inference import paste
 
 
 class _Taps(NamedTuple):
@@ -45,7 +34,7 @@ class _Taps(NamedTuple):
 
 
 def _split_taps(start: np.ndarray, offsets: np.ndarray, *taps: np.ndarray) -> list[_Taps]:
-  """ops.masks' concatenated taps of n boxes -> n `_Taps`."""
+  """inference/paste.py's concatenated taps of n boxes -> n `_Taps`."""
   bounds = offsets.tolist()
   return [_Taps(s, *[a[b0:b1] for a in taps])
           for s, b0, b1 in zip(start.tolist(), bounds[:-1], bounds[1:])]
@@ -53,9 +42,8 @@ def _split_taps(start: np.ndarray, offsets: np.ndarray, *taps: np.ndarray) -> li
 
 def _bilinear_taps(lo: np.ndarray, hi: np.ndarray, mask_size: int,
                    length: int) -> list[_Taps]:
-  start, offsets, coords = mask_ops.bilinear_paste_coords(lo, hi, mask_size, length)
-  indices, weights = mask_ops._linear_taps(  # pylint: disable=protected-access
-      coords, mask_size)
+  start, offsets, coords = paste.bilinear_paste_coords(lo, hi, mask_size, length)
+  indices, weights = interpolation.linear_taps(coords, mask_size)
   indices, weights = np.ascontiguousarray(indices.T), np.ascontiguousarray(weights.T)
   approx = weights.astype(np.float32)
   return _split_taps(start, offsets, indices[0], indices[1], approx[0], approx[1],
@@ -64,7 +52,7 @@ def _bilinear_taps(lo: np.ndarray, hi: np.ndarray, mask_size: int,
 
 def _torchvision_taps(lo: np.ndarray, hi: np.ndarray, mask_size: int,
                       length: int) -> list[_Taps]:
-  return _split_taps(*mask_ops.torchvision_paste_taps(lo, hi, mask_size, length))
+  return _split_taps(*paste.torchvision_paste_taps(lo, hi, mask_size, length))
 
 
 def _framed(h: int, w: int) -> np.ndarray:
@@ -73,7 +61,7 @@ def _framed(h: int, w: int) -> np.ndarray:
 
 
 def _bilinear_exact(probs: np.ndarray, rows: _Taps, cols: _Taps) -> np.ndarray:
-  """`ops.masks._bilinear_sample`'s values: [h, w] float64.
+  """`interpolation.bilinear_sample`'s values: [h, w] float64.
 
   The same sum of (w_row_a * w_col_b) * tap over (a, b), in the same order; gathering
   rows first, then columns, reads the same taps.
@@ -90,9 +78,9 @@ def _bilinear_exact(probs: np.ndarray, rows: _Taps, cols: _Taps) -> np.ndarray:
 
 
 def _separable(probs: np.ndarray, rows: _Taps, cols: _Taps) -> np.ndarray:
-  """`ops.masks.separable_interpolate` with float32 taps: [h, w], torchvision's float32
+  """`interpolation.separable_interpolate` with float32 taps: [h, w], torchvision's float32
   arithmetic exactly."""
-  return mask_ops.separable_interpolate(
+  return interpolation.separable_interpolate(
       probs, (rows.index0, rows.index1, rows.weight0, rows.weight1),
       (cols.index0, cols.index1, cols.weight0, cols.weight1))
 
@@ -132,14 +120,14 @@ def _bilinear_region(probs: np.ndarray, rows: _Taps, cols: _Taps, threshold: flo
 
 def _torchvision_region(padded: np.ndarray, rows: _Taps, cols: _Taps,
                         threshold: float) -> np.ndarray:
-  """`ops.masks.torchvision_region`'s region, `_framed`: [h + 2, w] bool."""
+  """`paste.torchvision_region`'s region, `_framed`: [h + 2, w] bool."""
   framed = _framed(len(rows.index0), len(cols.index0))
   np.greater(_separable(padded, rows, cols), np.float32(threshold), out=framed[1:-1])
   return framed
 
 
-def _pasted_regions(mask_probs: np.ndarray, boxes: np.ndarray, height: int, width: int,
-                    threshold: float, method: str
+def paste_regions(mask_probs: np.ndarray, boxes: np.ndarray, height: int, width: int,
+                  threshold: float, method: str
                     ) -> Iterator[tuple[np.ndarray, int, int]]:
   """`paste_region` of n detections, each region `_framed`.
 
@@ -173,7 +161,7 @@ def _pasted_regions(mask_probs: np.ndarray, boxes: np.ndarray, height: int, widt
 def paste_region(mask_probs: np.ndarray, box: Sequence[float], height: int, width: int,
                  threshold: float = 0.5, method: str = 'bilinear'
                  ) -> tuple[np.ndarray, int, int]:
-  """`ops.masks.paste_mask`, returned as the region it computes.
+  """`paste.paste_mask`, returned as the region it computes.
 
   Args: as `paste_mask` (mask_probs [M, M], box [4] x1y1x2y2 image pixels).
 
@@ -187,13 +175,13 @@ def paste_region(mask_probs: np.ndarray, box: Sequence[float], height: int, widt
   if mask_probs.ndim != 2 or box.shape != (4,):
     raise ValueError(
         f'expected mask_probs [M, M] and box [4]; got {mask_probs.shape} and {box.shape}')
-  (framed, row0, col0), = _pasted_regions(mask_probs[None], box[None], height, width,
-                                          threshold, method)
+  (framed, row0, col0), = paste_regions(mask_probs[None], box[None], height, width,
+                                        threshold, method)
   return framed[1:-1], row0, col0
 
 
-def _runs(pasted: Iterable[tuple[np.ndarray, int, int]], height: int,
-          width: int) -> list[np.ndarray]:
+def runs_of_regions(pasted: Iterable[tuple[np.ndarray, int, int]], height: int,
+                    width: int) -> list[np.ndarray]:
   """`region_runs` of n `_framed` regions (framed [h + 2, w], row0, col0), computed
   together: per region only its run starts and ends are found."""
   total = height * width
@@ -245,10 +233,10 @@ def region_runs(region: np.ndarray, row0: int, col0: int, height: int,
   """
   framed = _framed(*region.shape)
   framed[1:-1] = region
-  return _runs([(framed, row0, col0)], height, width)[0]
+  return runs_of_regions([(framed, row0, col0)], height, width)[0]
 
 
-def _compress(runs: list[np.ndarray], height: int, width: int) -> list[dict[str, Any]]:
+def compress_runs(runs: list[np.ndarray], height: int, width: int) -> list[dict[str, Any]]:
   """Uncompressed RLE counts of [height, width] masks -> COCO compressed RLEs (str
   counts, JSON-ready), with one pycocotools call."""
   if not runs:
@@ -262,120 +250,4 @@ def _compress(runs: list[np.ndarray], height: int, width: int) -> list[dict[str,
 def encode_region(region: np.ndarray, row0: int, col0: int, height: int,
                   width: int) -> dict[str, Any]:
   """COCO compressed RLE (str counts, JSON-ready) of the full mask holding `region`."""
-  return _compress([region_runs(region, row0, col0, height, width)], height, width)[0]
-
-
-def image_results(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-                  mask_probs: np.ndarray, image_id: int, info: np.ndarray,
-                  original_hw: Sequence[int], category_ids: Sequence[int],
-                  mask_threshold: float, mask_paste: str
-                  ) -> tuple[list[dict], list[dict]]:
-  """One image's valid detections -> COCO bbox and segm results in original pixels.
-
-  The canvas transpose is undone first (`transforms.to_original_orientation`).
-
-  Args:
-    boxes: [n, 4] float32 x1y1x2y2 in the canvas frame.
-    scores: [n] float32.
-    classes: [n] int32 classes 1..K.
-    mask_probs: [n, M, M] float32 mask probabilities over each box, canvas frame; None
-      for a model without a mask head (no segm results).
-    image_id: the dataset image id.
-    info: [5] float32, the image's image_info row (maskrcnn_jax/image_info.py).
-    original_hw: (height, width) of the original image.
-    category_ids: dataset category id of each class 1..K.
-    mask_threshold, mask_paste: `config.eval.mask_threshold` / `mask_paste`.
-  """
-  height, width = (int(v) for v in original_hw)
-  with_masks = mask_probs is not None
-  if not with_masks:
-    mask_probs = np.zeros((len(boxes), 1, 1), np.float32)
-  boxes, mask_probs, (resized_h, resized_w) = transforms.to_original_orientation(
-      np.asarray(boxes, np.float32), np.asarray(mask_probs), info)
-  boxes = transforms.resize_boxes(boxes, resized_h, resized_w, height, width)
-  corners = boxes.astype(np.float64)
-  xywh = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
-  commons = [{'image_id': int(image_id), 'category_id': int(category_ids[label - 1]),
-              'score': score}
-             for label, score in zip(np.asarray(classes).astype(np.int64).tolist(),
-                                     np.asarray(scores, np.float64).tolist())]
-  bbox_results = [dict(common, bbox=bbox) for common, bbox in zip(commons, xywh.tolist())]
-  if not with_masks:
-    return bbox_results, []
-  runs = _runs(_pasted_regions(mask_probs, corners, height, width, mask_threshold,
-                               mask_paste), height, width)
-  segm_results = [dict(common, segmentation=rle) for common, rle in
-                  zip(commons, _compress(runs, height, width))]
-  return bbox_results, segm_results
-
-
-def batch_results(outputs: dict[str, np.ndarray], original_hw: Sequence[Sequence[int]],
-                  category_ids: Sequence[int], mask_threshold: float, mask_paste: str
-                  ) -> tuple[list[dict], list[dict]]:
-  """One batch of host outputs -> COCO results; padding examples are dropped.
-
-  Args:
-    outputs: numpy 'boxes' [B, D, 4], 'scores' [B, D], 'classes' [B, D], 'masks'
-      [B, D, M, M], 'valid' [B, D] bool, 'image_info' [B, 5], 'image_id' [B].
-    original_hw: [B] (height, width) of each example's original image (ignored for
-      padding examples).
-  """
-  bbox_results, segm_results = [], []
-  for i, image_id in enumerate(outputs['image_id']):
-    if image_id == PADDING_IMAGE_ID:
-      continue
-    keep = np.asarray(outputs['valid'][i], bool)
-    boxes, segms = image_results(
-        outputs['boxes'][i][keep], outputs['scores'][i][keep], outputs['classes'][i][keep],
-        outputs['masks'][i][keep] if 'masks' in outputs else None, int(image_id),
-        outputs['image_info'][i], original_hw[i],
-        category_ids, mask_threshold, mask_paste)
-    bbox_results += boxes
-    segm_results += segms
-  return bbox_results, segm_results
-
-
-def num_workers(requested: int) -> int:
-  """`eval.host_workers`: -1 -> one process per core (at most 8); 0 -> none."""
-  if requested < -1:
-    raise ValueError(f'config.eval.host_workers must be -1, 0 or positive; got {requested}')
-  return min(os.cpu_count() or 1, 8) if requested == -1 else requested
-
-
-def process_pool(workers: int, started: bool = False
-                 ) -> concurrent.futures.ProcessPoolExecutor:
-  """`workers` >= 1 spawned processes (for `batch_results`, or coco_eval's tables).
-
-  Every process is launched here, with one no-op task each, while `__main__` is a bare
-  module: a spawned process otherwise re-runs the imports of the parent's main script
-  (a script's: jax, the trainer; ~3 s of CPU per process) that the workers never use.
-  With `started`, this returns only once every process has run its task (each waits at
-  a barrier for the others), so a timed run that follows measures no start-up.
-  """
-  context = multiprocessing.get_context('spawn')
-  barrier = context.Barrier(workers) if started else None
-  pool = concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=context, initializer=_keep_barrier, initargs=(barrier,))
-  main = sys.modules['__main__']
-  sys.modules['__main__'] = types.ModuleType('__main__')
-  try:  # each submit launches a process while none is idle
-    first_tasks = [pool.submit(_wait_for_all_workers) for _ in range(workers)]
-  finally:
-    sys.modules['__main__'] = main
-  if started:
-    for future in first_tasks:
-      future.result()
-  return pool
-
-
-_barrier = None  # a worker process's start barrier (`process_pool(started=True)`)
-
-
-def _keep_barrier(barrier: Any) -> None:
-  global _barrier  # pylint: disable=global-statement
-  _barrier = barrier
-
-
-def _wait_for_all_workers() -> None:
-  if _barrier is not None:
-    _barrier.wait(timeout=300)
+  return compress_runs([region_runs(region, row0, col0, height, width)], height, width)[0]

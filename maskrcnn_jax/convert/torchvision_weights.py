@@ -1,86 +1,30 @@
 """torchvision state dicts -> our variables ({'params': ..., 'batch_stats': ...}).
 
-Each part of the model has a conversion table: rows (torch key suffix, collection, our
-'/'-separated path, transform), applied under a state dict prefix by `convert_table`,
-which names every missing or unexpected key. PyTorch conv weights [out, in, kh, kw]
-become Flax kernels [kh, kw, in, out] (`conv_kernel`); Linear weights [out, in] become
-[in, out] (`dense_kernel`). The parameter trees these produce are documented in
-model/resnet.py and model/fpn.py.
+`from_torchvision` converts a `maskrcnn_resnet50_fpn` or `keypointrcnn_resnet50_fpn`
+state dict, `from_torchvision_resnet` an ImageNet ResNet body. The parameter trees these
+produce are documented in model/resnet.py, model/fpn.py, model/rpn.py,
+model/roi_heads.py and model/keypoint_head.py.
 """
 
-from typing import Callable, Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
-Table = Iterable[tuple[str, str, str, Callable[[np.ndarray], np.ndarray]]]
+from maskrcnn_jax.convert import tables as tables_lib
 
 _BN_STATS = (('weight', 'scale'), ('bias', 'bias'), ('running_mean', 'mean'),
              ('running_var', 'var'))
 
 
-def conv_kernel(weight: np.ndarray) -> np.ndarray:
-  """PyTorch Conv2d weight [out, in, kh, kw] -> Flax kernel [kh, kw, in, out]."""
-  return np.transpose(weight, (2, 3, 1, 0))
-
-
-def dense_kernel(weight: np.ndarray) -> np.ndarray:
-  """PyTorch Linear weight [out, in] -> Flax kernel [in, out]."""
-  return np.transpose(weight)
-
-
-def identity(value: np.ndarray) -> np.ndarray:
-  """Biases and batch norm vectors convert unchanged."""
-  return value
-
-
-def convert_table(state_dict: Mapping[str, np.ndarray], prefix: str, table: Table,
-                  ignore: tuple[str, ...] = ()) -> dict[str, dict]:
-  """Applies a conversion table to the keys under `prefix`.
-
-  Args:
-    state_dict: torch key -> array.
-    prefix: prepended to every key suffix in `table` (e.g. 'backbone.body.').
-    table: (key suffix, collection, our path 'a/b/kernel', transform) rows.
-    ignore: key suffixes (prefixes of them) under `prefix` that are dropped silently;
-      `num_batches_tracked` counters always are.
-
-  Returns:
-    {collection: nested dict of float32 NumPy arrays}.
-
-  Raises:
-    KeyError: naming the table's keys absent from `state_dict` and the keys under
-      `prefix` that no row converts.
-  """
-  table = list(table)
-  wanted = {prefix + suffix for suffix, *_ in table}
-  missing = sorted(wanted - set(state_dict))
-  unexpected = sorted(
-      key for key in state_dict
-      if key.startswith(prefix) and key not in wanted
-      and not key.endswith('num_batches_tracked')
-      and not key[len(prefix):].startswith(ignore))
-  if missing or unexpected:
-    raise KeyError(f'cannot convert the state dict under {prefix!r}: missing keys {missing}; '
-                   f'unexpected keys {unexpected}')
-  variables = {}
-  for suffix, collection, path, transform in table:
-    *parents, leaf = path.split('/')
-    node = variables.setdefault(collection, {})
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[leaf] = transform(np.asarray(state_dict[prefix + suffix], np.float32))
-  return variables
-
-
 def _frozen_bn_rows(torch_name: str, path: str) -> list:
   """A torch BatchNorm2d / FrozenBatchNorm2d -> our FrozenBatchNorm in 'batch_stats'."""
-  return [(f'{torch_name}.{t}', 'batch_stats', f'{path}/{ours}', identity)
+  return [(f'{torch_name}.{t}', 'batch_stats', f'{path}/{ours}', tables_lib.identity)
           for t, ours in _BN_STATS]
 
 
 def resnet_table(state_dict: Mapping[str, np.ndarray], prefix: str) -> list:
   """Rows for a torchvision ResNet body (frozen batch norm); depth read from the keys."""
-  rows = [('conv1.weight', 'params', 'stem/conv1/kernel', conv_kernel)]
+  rows = [('conv1.weight', 'params', 'stem/conv1/kernel', tables_lib.conv_kernel)]
   rows += _frozen_bn_rows('bn1', 'stem/bn1')
   bottleneck = f'{prefix}layer1.0.conv3.weight' in state_dict
   for stage in range(1, 5):
@@ -89,11 +33,11 @@ def resnet_table(state_dict: Mapping[str, np.ndarray], prefix: str) -> list:
       torch_block, ours = f'layer{stage}.{block}', f'res{stage + 1}/block{block}'
       for k in (1, 2, 3) if bottleneck else (1, 2):
         rows.append((f'{torch_block}.conv{k}.weight', 'params', f'{ours}/conv{k}/kernel',
-                     conv_kernel))
+                     tables_lib.conv_kernel))
         rows += _frozen_bn_rows(f'{torch_block}.bn{k}', f'{ours}/bn{k}')
       if f'{prefix}{torch_block}.downsample.0.weight' in state_dict:
         rows.append((f'{torch_block}.downsample.0.weight', 'params',
-                     f'{ours}/downsample_conv/kernel', conv_kernel))
+                     f'{ours}/downsample_conv/kernel', tables_lib.conv_kernel))
         rows += _frozen_bn_rows(f'{torch_block}.downsample.1', f'{ours}/downsample_bn')
       block += 1
   return rows
@@ -105,23 +49,14 @@ def fpn_table() -> list:
   for level in range(2, 6):
     for torch_name, ours in (('inner_blocks', 'lateral'), ('layer_blocks', 'output')):
       key = f'{torch_name}.{level - 2}.0'
-      rows.append((f'{key}.weight', 'params', f'{ours}{level}/kernel', conv_kernel))
-      rows.append((f'{key}.bias', 'params', f'{ours}{level}/bias', identity))
+      rows.append((f'{key}.weight', 'params', f'{ours}{level}/kernel', tables_lib.conv_kernel))
+      rows.append((f'{key}.bias', 'params', f'{ours}{level}/bias', tables_lib.identity))
   return rows
 
 
-def deconv_kernel(weight: np.ndarray) -> np.ndarray:
-  """PyTorch ConvTranspose2d weight [in, out, kh, kw] -> Flax ConvTranspose kernel.
-
-  Flax's ConvTranspose (transpose_kernel=False) correlates the dilated input with
-  [kh, kw, in, out], so PyTorch's kernel is also flipped in both spatial axes.
-  """
-  return np.ascontiguousarray(np.transpose(weight, (2, 3, 0, 1))[::-1, ::-1])
-
-
-def _conv_rows(torch_name: str, path: str, kernel=conv_kernel) -> list:
+def _conv_rows(torch_name: str, path: str, kernel=tables_lib.conv_kernel) -> list:
   return [(f'{torch_name}.weight', 'params', f'{path}/kernel', kernel),
-          (f'{torch_name}.bias', 'params', f'{path}/bias', identity)]
+          (f'{torch_name}.bias', 'params', f'{path}/bias', tables_lib.identity)]
 
 
 def rpn_table() -> list:
@@ -135,7 +70,7 @@ def box_head_table() -> list:
   return [row for torch_name, ours in (('box_head.fc6', 'fc6'), ('box_head.fc7', 'fc7'),
                                        ('box_predictor.cls_score', 'cls_score'),
                                        ('box_predictor.bbox_pred', 'bbox_pred'))
-          for row in _conv_rows(torch_name, ours, kernel=dense_kernel)]
+          for row in _conv_rows(torch_name, ours, kernel=tables_lib.dense_kernel)]
 
 
 def mask_head_table(num_convs: int = 4) -> list:
@@ -143,7 +78,7 @@ def mask_head_table(num_convs: int = 4) -> list:
   rows = []
   for i in range(1, num_convs + 1):
     rows += _conv_rows(f'mask_head.{i - 1}.0', f'mask_fcn{i}')
-  rows += _conv_rows('mask_predictor.conv5_mask', 'conv5_mask', kernel=deconv_kernel)
+  rows += _conv_rows('mask_predictor.conv5_mask', 'conv5_mask', kernel=tables_lib.deconv_kernel)
   rows += _conv_rows('mask_predictor.mask_fcn_logits', 'mask_fcn_logits')
   return rows
 
@@ -157,22 +92,13 @@ def keypoint_head_table(num_convs: int = 8) -> list:
   for i in range(1, num_convs + 1):
     rows += _conv_rows(f'keypoint_head.{2 * (i - 1)}', f'keypoint_fcn{i}')
   rows += _conv_rows('keypoint_predictor.kps_score_lowres', 'kps_score_lowres',
-                     kernel=deconv_kernel)
+                     kernel=tables_lib.deconv_kernel)
   return rows
 
 
 _ROI_HEAD_PARTS = {'box_head': ('box_head.', 'box_predictor.'),
                    'mask_head': ('mask_head.', 'mask_predictor.'),
                    'keypoint_head': ('keypoint_head.', 'keypoint_predictor.')}
-
-
-def _merge_under(trees: Mapping[str, dict]) -> dict[str, dict]:
-  """{submodule: {collection: tree}} -> {collection: {submodule: tree}}."""
-  merged = {}
-  for submodule, variables in trees.items():
-    for collection, tree in variables.items():
-      merged.setdefault(collection, {})[submodule] = tree
-  return merged
 
 
 def from_torchvision(state_dict: Mapping[str, np.ndarray]) -> dict[str, dict]:
@@ -199,13 +125,13 @@ def from_torchvision(state_dict: Mapping[str, np.ndarray]) -> dict[str, dict]:
   trees = {
       'backbone': convert_resnet(state_dict, 'backbone.body.'),
       'fpn': convert_fpn(state_dict, 'backbone.fpn.'),
-      'rpn': convert_table(state_dict, 'rpn.head.', rpn_table()),
+      'rpn': tables_lib.convert_table(state_dict, 'rpn.head.', rpn_table()),
   }
   for head, table in tables.items():
     others = tuple(p for name, parts in _ROI_HEAD_PARTS.items() if name != head
                    for p in parts if name in tables)
-    trees[head] = convert_table(state_dict, 'roi_heads.', table, ignore=others)
-  return _merge_under(trees)
+    trees[head] = tables_lib.convert_table(state_dict, 'roi_heads.', table, ignore=others)
+  return tables_lib.merge_under(trees)
 
 
 def convert_resnet(state_dict: Mapping[str, np.ndarray], prefix: str) -> dict[str, dict]:
@@ -219,7 +145,7 @@ def convert_resnet(state_dict: Mapping[str, np.ndarray], prefix: str) -> dict[st
     {'params': {'stem', 'res2'..'res5'}, 'batch_stats': {same}} for norm='frozen_bn'
     and the depth (18/34/50/101) of the state dict.
   """
-  return convert_table(state_dict, prefix, resnet_table(state_dict, prefix))
+  return tables_lib.convert_table(state_dict, prefix, resnet_table(state_dict, prefix))
 
 
 def convert_fpn(state_dict: Mapping[str, np.ndarray], prefix: str) -> dict[str, dict]:
@@ -232,7 +158,7 @@ def convert_fpn(state_dict: Mapping[str, np.ndarray], prefix: str) -> dict[str, 
   Returns:
     {'params': {'lateral2'..'lateral5', 'output2'..'output5'}}.
   """
-  return convert_table(state_dict, prefix, fpn_table())
+  return tables_lib.convert_table(state_dict, prefix, fpn_table())
 
 
 def from_torchvision_resnet(state_dict: Mapping[str, np.ndarray]) -> dict[str, dict]:
@@ -242,7 +168,7 @@ def from_torchvision_resnet(state_dict: Mapping[str, np.ndarray]) -> dict[str, d
   layer4.*): the classifier fc.* is dropped and the batch norm statistics become the
   frozen batch norms' arrays.
   """
-  return convert_table(state_dict, '', resnet_table(state_dict, ''), ignore=('fc.',))
+  return tables_lib.convert_table(state_dict, '', resnet_table(state_dict, ''), ignore=('fc.',))
 
 
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -261,9 +187,3 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ValueError(f'{path} holds a {type(state_dict).__name__}, not a state dict')
   return {key: (value.float() if value.is_floating_point() else value).numpy()
           for key, value in state_dict.items()}
-
-
-def from_detectron2(path_or_state_dict, input_format: str = 'BGR') -> dict[str, dict]:
-  """A Detectron2 Mask R-CNN checkpoint -> our variables: convert_detectron2.from_detectron2."""
-  from maskrcnn_jax import convert_detectron2  # pylint: disable=import-outside-toplevel
-  return convert_detectron2.from_detectron2(path_or_state_dict, input_format)

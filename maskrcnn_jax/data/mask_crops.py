@@ -1,29 +1,59 @@
-"""Box crops of instance masks straight from COCO RLEs, an image's instances at once (host).
+"""Ground-truth masks cropped to their boxes and resized to S x S (host side, NumPy).
 
-`crop_and_resize_rles(rles, boxes, size)` gives, for each instance, the same pixels as
-`masks.crop_and_resize_mask(pycocotools.mask.decode(rle), box, size)` without decoding
-the whole image: pycocotools writes every pixel of the image one byte at a time, while a
-box crop reads only the window of pixels its bilinear taps touch. NumPy only.
+`crop_and_resize_mask(mask, box, S)` is the definition: a bilinear sample at each of the
+S x S bin centers of the box (zeros outside the mask), then >= 0.5.
+`crop_and_resize_rles(rles, boxes, S)` gives the same pixels for every instance of an
+image straight from their COCO RLEs, without decoding whole images: pycocotools writes
+every pixel of the image one byte at a time, while a box crop reads only the window of
+pixels its bilinear taps touch.
 
-How. The runs of every instance (`masks.decompress_counts`) give the column-major
-positions where the mask flips; a pixel's value is the parity of the flips at or before
-it. Each instance's window (the rows and columns of its taps) is laid out column by
-column in one flat buffer; each flip inside a window and each window column's starting
-parity go in as increments, and one cumulative sum mod 2 decodes every window. The crops
-are then `crop_and_resize_mask`'s bilinear threshold, every instance at once, each sum
-formed in the same order (so the same bits).
+How. The runs of every instance (`mask_decoding.decompress_counts`) give the
+column-major positions where the mask flips; a pixel's value is the parity of the flips
+at or before it. Each instance's window (the rows and columns of its taps) is laid out
+column by column in one flat buffer; each flip inside a window and each window column's
+starting parity go in as increments, and one cumulative sum mod 2 decodes every window.
+The crops are then `crop_and_resize_mask`'s bilinear threshold, every instance at once,
+each sum formed in the same order (so the same bits).
 """
 
 from typing import Any, Sequence
 
 import numpy as np
 
-from maskrcnn_jax.ops import masks as mask_ops
+from maskrcnn_jax.data import interpolation
+from maskrcnn_jax.data import mask_decoding
+
+
+def _bin_centers(lo: float, hi: float, size: int) -> np.ndarray:
+  """[size] pixel-index coordinates of the centers of `size` bins over [lo, hi]."""
+  return lo + (np.arange(size) + 0.5) * ((hi - lo) / size) - 0.5
+
+
+def crop_and_resize_mask(mask: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
+  """Crops `box` out of a mask and resizes it to size x size (host side, NumPy).
+
+  Bilinear sample at the bin centers `x = x1 + (j + 0.5) * (x2 - x1) / size - 0.5`
+  (pixel-index coordinates; zeros outside the mask), then threshold >= 0.5.
+
+  Args:
+    mask: [H, W] uint8 (or bool / float) in {0, 1}.
+    box: [4] float, x1y1x2y2 in pixels of `mask`.
+    size: output side S.
+
+  Returns:
+    crop: [size, size] uint8 in {0, 1}; all zeros for a degenerate box.
+  """
+  x1, y1, x2, y2 = (float(v) for v in box)
+  if not (x2 > x1 and y2 > y1):
+    return np.zeros((size, size), np.uint8)
+  values = interpolation.bilinear_sample(mask, _bin_centers(y1, y2, size),
+                                         _bin_centers(x1, x2, size))
+  return (values >= 0.5).astype(np.uint8)
 
 
 def _axis_taps(lo: np.ndarray, hi: np.ndarray, size: int, length: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
-  """Bilinear taps of `size` bin centers over [lo, hi] (`masks._bin_centers`) per row.
+  """Bilinear taps of `size` bin centers over [lo, hi] (`_bin_centers`) per row.
 
   Args:
     lo, hi: [n, 2] float64 box sides (y, x).
@@ -57,9 +87,9 @@ def _decode_windows(rles: Sequence[dict[str, Any]], height: int, width: int,
     offsets: [n + 1] int64.
   """
   n = len(rles)
-  runs, run_offsets = mask_ops.decompress_counts([rle['counts'] for rle in rles])
+  runs, run_offsets = mask_decoding.decompress_counts([rle['counts'] for rle in rles])
   run_starts = run_offsets[:-1]
-  ends = mask_ops._segment_cumsum(runs, run_starts)  # pylint: disable=protected-access
+  ends = mask_decoding.segment_cumsum(runs, run_starts)
   is_flip = np.ones(runs.size, bool)
   is_flip[run_offsets[1:] - 1] = False  # the last run of each ends the image
   instance = np.repeat(np.arange(n), np.diff(run_offsets))
@@ -100,12 +130,12 @@ def crop_and_resize_rles(rles: Sequence[dict[str, Any]], boxes: np.ndarray, size
                          ) -> np.ndarray:
   """Crops each box out of its instance's mask and resizes it to size x size.
 
-  Exactly `masks.crop_and_resize_mask(pycocotools.mask.decode(rle), box, size)` per
+  Exactly `crop_and_resize_mask(pycocotools.mask.decode(rle), box, size)` per
   instance (bilinear at the bin centers, zeros outside the image, threshold >= 0.5).
 
   Args:
     rles: n compressed RLEs {'counts': bytes, 'size': [H, W]} of one image
-      (`masks.segmentation_to_rle`).
+      (`mask_decoding.segmentation_to_rle`).
     boxes: [n, 4] float, x1y1x2y2 in pixels of the image.
     size: output side S.
 

@@ -6,7 +6,7 @@ COCOeval at COCO scale, on synthetic data.
 - `jittered_results`: exactly `per_image` detections per image from it: each instance
   found a few times with jittered boxes and masks (sometimes with a wrong class), the
   rest false positives, random scores.
-- `time_host`: images/s of `eval_host.batch_results` (paste + RLE of `per_image`
+- `time_host`: images/s of `coco_results.batch_results` (paste + RLE of `per_image`
   detections per image) in this process and in 1 and N spawned worker processes.
 - `time_cocoeval`: seconds of one bbox and one segm COCOeval with each engine, one after
   the other and at once (`coco_eval.coco_tables`).
@@ -20,8 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 from pycocotools import mask as mask_util
 
-from maskrcnn_jax import coco_eval
-from maskrcnn_jax import eval_host
+from maskrcnn_jax.evaluation import coco_eval
+from maskrcnn_jax.evaluation import coco_results
+from maskrcnn_jax.evaluation import worker_processes
 
 IMAGE_SIZES = ((480, 640), (640, 480), (427, 640), (640, 427), (375, 500), (512, 640))
 NUM_CATEGORIES = 80
@@ -153,14 +154,14 @@ def time_host(num_images: int, workers: Sequence[int], per_image: int = 100,
   for n in workers:
     num_batches = -(-max(num_images // batch, 1) // max(n, 1)) * max(n, 1)
     if n == 0:
-      eval_host.batch_results(*args)  # warm
+      coco_results.batch_results(*args)  # warm
       start, cpu_start = time.perf_counter(), time.process_time()
       for _ in range(num_batches):
-        eval_host.batch_results(*args)
+        coco_results.batch_results(*args)
       seconds = time.perf_counter() - start
       cpu_seconds = time.process_time() - cpu_start
     else:
-      with eval_host.process_pool(n, started=True) as pool:
+      with worker_processes.process_pool(n, started=True) as pool:
         start = time.perf_counter()
         cpu_seconds = sum(cpu for cpu, _ in pool.map(_timed_batch_results,
                                                      *zip(*[args] * num_batches)))
@@ -173,10 +174,10 @@ def time_host(num_images: int, workers: Sequence[int], per_image: int = 100,
 
 
 def _timed_batch_results(*args) -> tuple[float, tuple[list[dict], list[dict]]]:
-  """Worker task: (its CPU seconds, `eval_host.batch_results(*args)`); the results come
+  """Worker task: (its CPU seconds, `coco_results.batch_results(*args)`); the results come
   back to the main process as in evaluation."""
   cpu_start = time.process_time()
-  results = eval_host.batch_results(*args)
+  results = coco_results.batch_results(*args)
   return time.process_time() - cpu_start, results
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from maskrcnn_jax import image_info
 from maskrcnn_jax.data import transforms
-from maskrcnn_jax.ops import masks as mask_ops
+from maskrcnn_jax.inference import paste
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -158,7 +158,7 @@ def detections_in_original(outputs: Mapping[str, np.ndarray], index: int,
             'classes': classes.astype(np.int64)}
   if has_masks:
     result['masks'] = np.stack([
-        mask_ops.paste_mask(p, b, height, width, threshold=mask_threshold, method=mask_paste)
+        paste.paste_mask(p, b, height, width, threshold=mask_threshold, method=mask_paste)
         for p, b in zip(probs, boxes)]) if len(boxes) else np.zeros((0, height, width), bool)
   return result
 

@@ -7,18 +7,18 @@ import ml_collections
 import numpy as np
 
 from maskrcnn_jax import image_info
-from maskrcnn_jax import serving
-from maskrcnn_jax import xla_options
 from maskrcnn_jax.data import transforms
+from maskrcnn_jax.inference import keypoint_decoding
+from maskrcnn_jax.inference import serving
 from maskrcnn_jax.model import mask_rcnn
-from maskrcnn_jax.ops import keypoints as keypoint_ops
+from maskrcnn_jax.runtime import compiler
 
 
 def _keypoints(outputs: dict[str, np.ndarray], index: int, original_hw: tuple[int, int],
                info: np.ndarray) -> dict[str, np.ndarray]:
   """`keypoints` [n, K, 3] and `keypoint_scores` [n, K] of one image's valid detections."""
   keep = np.asarray(outputs['valid'][index], bool)
-  keypoints, scores = keypoint_ops.keypoints_in_original(
+  keypoints, scores = keypoint_decoding.keypoints_in_original(
       outputs['keypoint_heatmaps'][index][keep], outputs['boxes'][index][keep],
       bool(image_info.transposed(info)),
       (int(image_info.resized_height(info)), int(image_info.resized_width(info))),
@@ -48,7 +48,7 @@ class Predictor:
     self._variables = jax.device_put(variables)
     self._class_to_id = serving.category_ids_of_classes(config.model.num_classes,
                                                         category_ids)
-    self._forward = xla_options.jit(mask_rcnn.MaskRCNN(config.model).apply)
+    self._forward = compiler.jit(mask_rcnn.MaskRCNN(config.model).apply)
 
   @property
   def num_compilations(self) -> int:

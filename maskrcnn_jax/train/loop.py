@@ -1,127 +1,30 @@
-"""Training: the train state, one jitted train step sharded over the data mesh, the loop."""
+"""The training loop: data, steps, checkpoints, logs, divergence checks and evaluation.
 
-import functools
+`train_and_evaluate(config, workdir)` is what scripts/train.py and scripts/demo.py run:
+it resumes from the newest checkpoint in `<workdir>/checkpoints`, keeps the host one
+step ahead of the devices, and stops a diverging run before any non-finite checkpoint
+is written.
+"""
+
 import logging
 import os
 from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from maskrcnn_jax import checkpoint
-from maskrcnn_jax import divergence
-from maskrcnn_jax import evaluate
-from maskrcnn_jax import optimizer as optimizer_lib
-from maskrcnn_jax import parallel
-from maskrcnn_jax import train_log
-from maskrcnn_jax import workdir as workdir_lib
-from maskrcnn_jax import xla_options
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import pipeline
-from maskrcnn_jax.model import mask_rcnn
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step reads and writes; checkpointed as a whole."""
-  step: jax.Array  # [] int32, steps taken
-  params: Any  # trained variables
-  batch_stats: Any  # frozen batch norm arrays, never updated
-  opt_state: Any
-
-
-def init_variables(model: mask_rcnn.MaskRCNN, image_size: tuple[int, int],
-                   key: jax.Array) -> dict[str, Any]:
-  """Fresh {'params', 'batch_stats'} of `model` for padded [H, W] = `image_size` inputs.
-
-  Compiled: initialising op by op takes a minute for ResNet-50 on a 2-core CPU.
-  """
-  height, width = image_size
-  init = xla_options.jit(model.init)
-  return init(key, np.zeros((1, height, width, 3), np.uint8),
-              np.array([[height, width, 1.0, 0.0, 0.0]], np.float32))
-
-
-def create_train_state(config: ml_collections.ConfigDict, key: jax.Array
-                       ) -> tuple[mask_rcnn.MaskRCNN, optax.GradientTransformation, TrainState]:
-  """The model, its optimizer and a freshly initialised state for `config`.
-
-  The model takes this backend's RoIAlign form (`xla_options.roi_align_sum_in_loop`).
-  """
-  model = mask_rcnn.MaskRCNN(config.model,
-                             roi_align_sum_in_loop=xla_options.roi_align_sum_in_loop())
-  variables = init_variables(model, tuple(config.data.image_size), key)
-  optimizer = optimizer_lib.make_optimizer(config.train, variables['params'],
-                                           config.model.backbone.freeze_at)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                     batch_stats=variables.get('batch_stats', {}),
-                     opt_state=optimizer.init(variables['params']))
-  return model, optimizer, state
-
-
-def train_step(model: mask_rcnn.MaskRCNN, optimizer: optax.GradientTransformation,
-               learning_rate: optax.Schedule, state: TrainState, batch: dict[str, jax.Array],
-               key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on a global batch; returns the new state and scalar metrics.
-
-  The samplers' randomness is `key` folded with the step, so a resumed run and a run on
-  a different number of devices draw the same samples.
-  """
-  step_key = jax.random.fold_in(key, state.step)
-
-  def total_loss(params):
-    terms = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch,
-                        step_key, method=mask_rcnn.MaskRCNN.losses)
-    return terms['total'], terms
-
-  (_, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  metrics = dict(terms, learning_rate=learning_rate(state.step),
-                 grad_norm=optax.tree.norm(grads))
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state), metrics
-
-
-def jit_train_step(model: mask_rcnn.MaskRCNN, optimizer: optax.GradientTransformation,
-                   train: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  """`train_step` compiled once: state and key replicated, batch sharded on 'data'."""
-  replicated = parallel.replicated(mesh)
-  return xla_options.jit(
-      functools.partial(train_step, model, optimizer,
-                        optimizer_lib.learning_rate_schedule(train)),
-      in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
-      out_shardings=(replicated, replicated), donate_argnums=0)
-
-
-def init_from_checkpoint(variables: dict[str, Any], loaded: dict[str, Any], source: str
-                         ) -> dict[str, Any]:
-  """`variables` with every array that `loaded` holds replaced by the loaded one.
-
-  `loaded` is a subtree of the model's variables: a converted ImageNet backbone
-  ({'params': {'backbone': ...}, 'batch_stats': {'backbone': ...}}) or a whole converted
-  model. An array the model does not have is an error naming it; one of another shape
-  (a classifier for another number of classes) is skipped with a warning, as Detectron2
-  does.
-  """
-  flat = flax.traverse_util.flatten_dict(variables, sep='/')
-  loaded_flat = flax.traverse_util.flatten_dict(loaded, sep='/')
-  unknown = sorted(k for k in loaded_flat if k not in flat)
-  if unknown:
-    raise KeyError(f'{source}: arrays the model does not have: {unknown[:10]}'
-                   f'{" ..." if len(unknown) > 10 else ""}')
-  for name, value in loaded_flat.items():
-    if np.shape(value) != np.shape(flat[name]):
-      logging.warning('%s: skipping %s, shape %s != the model\'s %s', source, name,
-                      np.shape(value), np.shape(flat[name]))
-      continue
-    flat[name] = jnp.asarray(value, flat[name].dtype)
-  logging.info('%s: initialised %d of %d arrays', source,
-               sum(np.shape(v) == np.shape(flat[k]) for k, v in loaded_flat.items()), len(flat))
-  return flax.traverse_util.unflatten_dict(flat, sep='/')
+from maskrcnn_jax.data import structures
+from maskrcnn_jax.evaluation import evaluator as evaluator_lib
+from maskrcnn_jax.evaluation import metrics as metrics_lib
+from maskrcnn_jax.runtime import distributed
+from maskrcnn_jax.train import divergence
+from maskrcnn_jax.train import log as train_log
+from maskrcnn_jax.train import step as step_lib
+from maskrcnn_jax.train import workdir as workdir_lib
 
 
 def _check_finite(history: list[dict[str, np.ndarray]], first_step: int,
@@ -178,7 +81,7 @@ def _mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
-def _check_keypoints(config: ml_collections.ConfigDict, dataset: coco.CocoDataset) -> None:
+def _check_keypoints(config: ml_collections.ConfigDict, dataset: structures.CocoDataset) -> None:
   """The keypoint head, the batches and the dataset agree on K (or the head is off)."""
   head = config.model.keypoint_head
   if not head.enabled:
@@ -192,7 +95,7 @@ def _check_keypoints(config: ml_collections.ConfigDict, dataset: coco.CocoDatase
 
 
 def _load_datasets(config: ml_collections.ConfigDict
-                   ) -> tuple[coco.CocoDataset, coco.CocoDataset | None]:
+                   ) -> tuple[structures.CocoDataset, structures.CocoDataset | None]:
   """The train split and the val split (None without one), checked against the model.
 
   Every check that can refuse the run happens here, before anything is compiled.
@@ -226,10 +129,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns:
     {'step': the last step, 'train': mean metrics of the last logged steps,
-     'eval': evaluate.Evaluator metrics of the final model (None without a val split)}.
+     'eval': evaluator_lib.Evaluator metrics of the final model (None without a val split)}.
   """
   t = config.train
-  mesh = parallel.data_mesh()
+  mesh = distributed.data_mesh()
   is_main = jax.process_index() == 0
   checkpoint_dir = os.path.join(workdir, 'checkpoints')
   train_set, val_set = _load_datasets(config)
@@ -240,26 +143,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir_lib.save_run_files(workdir, config, train_set.category_ids,
                                train_set.class_names, train_set.annotation_file)
   init_key, step_key = jax.random.split(jax.random.key(t.seed))
-  model, optimizer, state = create_train_state(config, init_key)
+  model, optimizer, state = step_lib.create_train_state(config, init_key)
   if last_step is not None:
     state = checkpoint.restore_train_state(checkpoint_dir, last_step,
-                                           parallel.replicate(state, mesh))
+                                           distributed.replicate(state, mesh))
     logging.info('resuming from %s/%d', checkpoint_dir, last_step)
   else:
     if t.init_checkpoint:
       loaded = checkpoint.load_variables(t.init_checkpoint)
-      variables = init_from_checkpoint(
+      variables = step_lib.init_from_checkpoint(
           {'params': state.params, 'batch_stats': state.batch_stats}, loaded,
           t.init_checkpoint)
       state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'],
                             opt_state=optimizer.init(variables['params']))
-    state = parallel.replicate(state, mesh)
+    state = distributed.replicate(state, mesh)
   start_step = int(state.step)
-  step_fn = jit_train_step(model, optimizer, t, mesh)
+  step_fn = step_lib.jit_train_step(model, optimizer, t, mesh)
 
   evaluator = None
   if val_set is not None:
-    evaluator = evaluate.Evaluator(config, val_set, mesh, model=model)
+    evaluator = evaluator_lib.Evaluator(config, val_set, mesh, model=model)
   log = train_log.TrainLog(workdir, start_step, t.num_steps, t.batch_size, enabled=is_main)
 
   def run_eval(step):
@@ -270,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics = evaluator(variables, workdir=os.path.join(workdir, 'eval'), progress=is_main,
                         checkpoint=os.path.join(checkpoint_dir, str(step)) if saved else None,
                         step=step)
-    log.eval_metrics(step, evaluate.flat_metrics(metrics))
+    log.eval_metrics(step, metrics_lib.flat_metrics(metrics))
     return metrics
 
   pending, logged, eval_metrics = [], [], None
@@ -279,10 +182,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   series = _saved_series(checkpoint_dir, start_step)
   saved_upto = len(series['step'])
   with log, pipeline.Batches(train_set, config.data, t.batch_size, train=True, seed=t.seed,
-                        start_step=start_step, process_index=jax.process_index(),
-                        process_count=jax.process_count()) as batches:
+                             start_step=start_step, process_index=jax.process_index(),
+                             process_count=jax.process_count()) as batches:
     for step in range(start_step + 1, t.num_steps + 1):  # `step` = steps done after this one
-      state, metrics = step_fn(state, parallel.host_batch_to_global(next(batches), mesh),
+      state, metrics = step_fn(state, distributed.host_batch_to_global(next(batches), mesh),
                                step_key)
       if pending:  # the host runs one step ahead of the devices, no further
         jax.block_until_ready(pending[-1]['total'])

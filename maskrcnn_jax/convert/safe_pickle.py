@@ -14,8 +14,8 @@ import collections
 import io
 import os
 import pickle
-import zipfile
 from typing import Any, Callable
+import zipfile
 
 import numpy as np
 

@@ -1,0 +1,1 @@
+"""COCO evaluation: sharded inference, host paste and RLE, COCOeval."""

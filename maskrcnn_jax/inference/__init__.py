@@ -1,0 +1,2 @@
+"""Inference for users and servers: Predictor, host pre/post-processing, export,
+drawing."""
