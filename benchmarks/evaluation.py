@@ -14,12 +14,14 @@ COCOeval at COCO scale, on synthetic data.
 
 import os
 import resource
-import time
 from typing import Any, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_util
 
+from benchmarks import machine
+from benchmarks import tables
+from benchmarks import timing
 from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import coco_results
 from maskrcnn_jax.evaluation import worker_processes
@@ -155,17 +157,16 @@ def time_host(num_images: int, workers: Sequence[int], per_image: int = 100,
     num_batches = -(-max(num_images // batch, 1) // max(n, 1)) * max(n, 1)
     if n == 0:
       coco_results.batch_results(*args)  # warm
-      start, cpu_start = time.perf_counter(), time.process_time()
-      for _ in range(num_batches):
-        coco_results.batch_results(*args)
-      seconds = time.perf_counter() - start
-      cpu_seconds = time.process_time() - cpu_start
+      with timing.Stopwatch() as watch:
+        for _ in range(num_batches):
+          coco_results.batch_results(*args)
+      seconds, cpu_seconds = watch.seconds, watch.cpu_seconds
     else:
       with worker_processes.process_pool(n, started=True) as pool:
-        start = time.perf_counter()
-        cpu_seconds = sum(cpu for cpu, _ in pool.map(_timed_batch_results,
-                                                     *zip(*[args] * num_batches)))
-        seconds = time.perf_counter() - start
+        with timing.Stopwatch() as watch:
+          cpu_seconds = sum(cpu for cpu, _ in pool.map(_timed_batch_results,
+                                                       *zip(*[args] * num_batches)))
+      seconds = watch.seconds
     images = num_batches * batch
     rows[f'processes_{n}'] = {'images': images, 'images_per_second': images / seconds,
                               'ms_per_image': 1e3 * seconds / images,
@@ -176,9 +177,9 @@ def time_host(num_images: int, workers: Sequence[int], per_image: int = 100,
 def _timed_batch_results(*args) -> tuple[float, tuple[list[dict], list[dict]]]:
   """Worker task: (its CPU seconds, `coco_results.batch_results(*args)`); the results come
   back to the main process as in evaluation."""
-  cpu_start = time.process_time()
-  results = coco_results.batch_results(*args)
-  return time.process_time() - cpu_start, results
+  with timing.Stopwatch() as watch:
+    results = coco_results.batch_results(*args)
+  return watch.cpu_seconds, results
 
 
 def time_cocoeval(num_images: int, engines: Sequence[str], per_image: int = 100,
@@ -197,23 +198,25 @@ def time_cocoeval(num_images: int, engines: Sequence[str], per_image: int = 100,
     ground_truth.coco(engine)  # the ground truth's index is built once per run
     sequential = {}
     for iou_type, iou_results in results.items():
-      start, cpu_start = time.perf_counter(), time.process_time()
-      sequential[iou_type] = coco_eval.coco_table(ground_truth, iou_results, iou_type, engine)
-      rows[f'{engine}/{iou_type}'] = {'seconds': time.perf_counter() - start,
-                                      'cpu_seconds': time.process_time() - cpu_start,
+      with timing.Stopwatch() as watch:
+        sequential[iou_type] = coco_eval.coco_table(ground_truth, iou_results, iou_type,
+                                                    engine)
+      rows[f'{engine}/{iou_type}'] = {'seconds': watch.seconds,
+                                      'cpu_seconds': watch.cpu_seconds,
                                       'AP': sequential[iou_type]['AP'],
                                       'AR100': sequential[iou_type]['AR100']}
     if processes > 1:
       children_start = resource.getrusage(resource.RUSAGE_CHILDREN)
-      start, cpu_start = time.perf_counter(), time.process_time()
-      tables = coco_eval.coco_tables(ground_truth, results, engine, processes, min_results=0)
-      seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+      with timing.Stopwatch() as watch:
+        concurrent = coco_eval.coco_tables(ground_truth, results, engine, processes,
+                                           min_results=0)
       children = resource.getrusage(resource.RUSAGE_CHILDREN)
-      if tables != sequential:
+      if concurrent != sequential:
         raise AssertionError(f'{engine}: the concurrent COCOeval tables differ from the '
                              'sequential ones')
       rows[f'{engine}/concurrent'] = {
-          'processes': processes, 'seconds': seconds, 'cpu_seconds': cpu_seconds,
+          'processes': processes, 'seconds': watch.seconds,
+          'cpu_seconds': watch.cpu_seconds,
           'children_cpu_seconds': (children.ru_utime + children.ru_stime -
                                    children_start.ru_utime - children_start.ru_stime)}
   return rows
@@ -225,13 +228,13 @@ def run(host_images: int, workers: int, cocoeval_images: int, engines: Sequence[
   processes, then COCOeval of `cocoeval_images` images per engine, sequential and with
   `coco_eval.num_processes(-1)` processes."""
   result = {'per_image': per_image, 'mask_paste': mask_paste, 'cpus': os.cpu_count(),
-            'load_average': ' '.join(f'{v:.2f}' for v in os.getloadavg()),
+            'load_average': machine.load_average(),
             'host': time_host(host_images, sorted({0, 1, workers}), per_image,
                               mask_paste=mask_paste)}
   if cocoeval_images:
     result['cocoeval'] = time_cocoeval(cocoeval_images, engines, per_image,
                                        processes=coco_eval.num_processes(-1))
-  result['load_average_after'] = ' '.join(f'{v:.2f}' for v in os.getloadavg())
+  result['load_average_after'] = machine.load_average()
   return result
 
 
@@ -240,30 +243,34 @@ def markdown_table(result: dict[str, Any]) -> str:
   load = result['load_average']
   if 'load_average_after' in result:
     load += f" (after: {result['load_average_after']})"
+  host_rows = [[int(name.split('_')[1]) or '1 (in process)', row['images'],
+                tables.cell(row['images_per_second'], 1), tables.cell(row['ms_per_image'], 1),
+                tables.cell(row['cpu_ms_per_image'], 1)]
+               for name, row in result['host'].items()]
   lines = [f"Host post-processing, {result['per_image']} detections per image "
            f"(480 x 640 originals, {result['mask_paste']} paste + RLE), "
-           f"{result['cpus']} CPUs, load {load}:", '',
-           '| processes | images | images/s | ms per image | CPU ms per image |',
-           '|---|---|---|---|---|']
-  for name, row in result['host'].items():
-    n = int(name.split('_')[1])
-    lines.append(f"| {n or '1 (in process)'} | {row['images']} | "
-                 f"{row['images_per_second']:.1f} | {row['ms_per_image']:.1f} | "
-                 f"{row['cpu_ms_per_image']:.1f} |")
+           f"{result['cpus']} CPUs, load {load}:", '']
+  lines += tables.markdown_table(
+      ['processes', 'images', 'images/s', 'ms per image', 'CPU ms per image'], host_rows)
   if 'cocoeval' in result:
     c = result['cocoeval']
     lines += ['', f"COCOeval of {c['images']} images x {result['per_image']} detections "
-              f"({c['instances']} instances, synthetic), seconds (CPU seconds):", '',
-              '| engine | bbox | segm | one after the other | at once | bbox AP | segm AP |',
-              '|---|---|---|---|---|---|---|']
-    for engine in dict.fromkeys(k.split('/')[0] for k in c if '/' in k):
-      bbox, segm = c[f'{engine}/bbox'], c[f'{engine}/segm']
-      together = c.get(f'{engine}/concurrent')
-      at_once = '' if together is None else (
-          f"{together['seconds']:.1f} ({together['cpu_seconds']:.1f} + "
-          f"{together['children_cpu_seconds']:.1f}), {together['processes']} processes")
-      lines.append(f"| {engine} | {bbox['seconds']:.1f} ({bbox['cpu_seconds']:.1f}) | "
-                   f"{segm['seconds']:.1f} ({segm['cpu_seconds']:.1f}) | "
-                   f"{bbox['seconds'] + segm['seconds']:.1f} | {at_once} | "
-                   f"{bbox['AP']:.4f} | {segm['AP']:.4f} |")
+              f"({c['instances']} instances, synthetic), seconds (CPU seconds):", '']
+    lines += tables.markdown_table(
+        ['engine', 'bbox', 'segm', 'one after the other', 'at once', 'bbox AP', 'segm AP'],
+        [_cocoeval_row(c, engine) for engine in dict.fromkeys(
+            k.split('/')[0] for k in c if '/' in k)])
   return '\n'.join(lines) + '\n'
+
+
+def _cocoeval_row(cocoeval: dict[str, Any], engine: str) -> list[str]:
+  """One engine's cells: bbox and segm seconds, their sum, both at once, the APs."""
+  bbox, segm = cocoeval[f'{engine}/bbox'], cocoeval[f'{engine}/segm']
+  together = cocoeval.get(f'{engine}/concurrent')
+  at_once = '' if together is None else (
+      f"{together['seconds']:.1f} ({together['cpu_seconds']:.1f} + "
+      f"{together['children_cpu_seconds']:.1f}), {together['processes']} processes")
+  return [engine, f"{bbox['seconds']:.1f} ({bbox['cpu_seconds']:.1f})",
+          f"{segm['seconds']:.1f} ({segm['cpu_seconds']:.1f})",
+          f"{bbox['seconds'] + segm['seconds']:.1f}", at_once, f"{bbox['AP']:.4f}",
+          f"{segm['AP']:.4f}"]

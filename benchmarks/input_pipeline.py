@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from benchmarks import tables
+from benchmarks import timing
 from maskrcnn_jax.data import augment
 from maskrcnn_jax.data import examples
 from maskrcnn_jax.data import image_files
@@ -47,29 +49,29 @@ def _time_workers(dataset, config: ml_collections.ConfigDict, workers: int, batc
                   num_batches: int, seed: int, step_seconds: float) -> dict[str, float]:
   """Images/s of `workers` processes over `num_batches` batches after one from each.
 
-  The consumer sleeps `step_seconds` after each batch (a device step it overlaps).
+  The consumer sleeps `step_seconds` after each batch (a device step it overlaps); its
+  wait is timed around each `next(batches)` (the pipeline carries no timers).
   """
   data = config.data.copy_and_resolve_references()
   data.num_workers = workers
-  start = time.perf_counter()
+  startup = timing.Stopwatch().start()
   with pipeline.Batches(dataset, data, batch_size, train=True, seed=seed) as batches:
     next(batches)
-    first = time.perf_counter() - start
+    first = startup.stop()
     for _ in range(workers - 1):  # every worker started: the timed batches are steady
       next(batches)
-    start, start_cpu, start_wait = time.perf_counter(), _cpu_seconds(), batches.wait_seconds
-    for _ in range(num_batches):
-      next(batches)
-      time.sleep(step_seconds)
-    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - start_cpu
-    wait = batches.wait_seconds - start_wait
+    wait = 0.0
+    with timing.Stopwatch(cpu_clock=_cpu_seconds) as watch:
+      for _ in range(num_batches):
+        wait += timing.time_once(lambda: next(batches))[1]
+        time.sleep(step_seconds)
   images = num_batches * batch_size
-  return {'workers': workers, 'images': images, 'seconds': seconds,
-          'images_per_second': images / seconds,
-          'images_per_second_per_worker': images / seconds / max(workers, 1),
+  return {'workers': workers, 'images': images, 'seconds': watch.seconds,
+          'images_per_second': images / watch.seconds,
+          'images_per_second_per_worker': images / watch.seconds / max(workers, 1),
           # CPU per image over all processes: the cost that sharing the CPUs does not hide.
-          'cpu_ms_per_image': 1e3 * cpu / images,
-          'wait_seconds': wait, 'wait_share': wait / seconds,
+          'cpu_ms_per_image': 1e3 * watch.cpu_seconds / images,
+          'wait_seconds': wait, 'wait_share': wait / watch.seconds,
           'first_batch_seconds': first}
 
 
@@ -85,23 +87,19 @@ def _stage_times(dataset, config: ml_collections.ConfigDict, num_examples: int,
     canvas = transforms.choose_canvas(record.height, record.width, config.data, train=True)
     geometry = augment.draw_geometry(record.height, record.width, config.data, canvas,
                                      np.random.default_rng([seed, position, 1]))
-    start = time.perf_counter()
-    pixels = image_files.read_image(record)
-    decoded = time.perf_counter()
-    transforms.resize_pixels(pixels, geometry.new_height, geometry.new_width, config.data)
-    resized = time.perf_counter()
-    rles = [mask_decoding.instance_rle(record, i) for i in range(record.num_instances)]
-    mask_crops.crop_and_resize_rles(rles, record.boxes, config.data.mask_size)
-    cropped = time.perf_counter()
-    stages['decode'] += decoded - start
-    stages['resize'] += resized - decoded
-    stages['masks'] += cropped - resized
-    start, start_cpu = time.perf_counter(), time.process_time()
-    examples.prepare_example(record, config.data, canvas,
-                             np.random.default_rng([seed, position, 1]))
-    total += time.perf_counter() - start
+    pixels, seconds = timing.time_once(lambda: image_files.read_image(record))
+    stages['decode'] += seconds
+    stages['resize'] += timing.time_once(lambda: transforms.resize_pixels(
+        pixels, geometry.new_height, geometry.new_width, config.data))[1]
+    stages['masks'] += timing.time_once(lambda: mask_crops.crop_and_resize_rles(
+        [mask_decoding.instance_rle(record, i) for i in range(record.num_instances)],
+        record.boxes, config.data.mask_size))[1]
+    with timing.Stopwatch() as whole:
+      examples.prepare_example(record, config.data, canvas,
+                               np.random.default_rng([seed, position, 1]))
+    total += whole.seconds
     # CPU time: what one process costs per image even on a machine shared with other work.
-    total_cpu += time.process_time() - start_cpu
+    total_cpu += whole.cpu_seconds
   per_image = {stage: 1e3 * seconds / num_examples for stage, seconds in stages.items()}
   per_image['total'] = 1e3 * total / num_examples
   per_image['total_cpu'] = 1e3 * total_cpu / num_examples
@@ -135,9 +133,9 @@ def measure_input(config: ml_collections.ConfigDict, num_workers: Sequence[int] 
   Returns:
     JSON-able: 'runs' (per worker count: images_per_second, per worker, seconds,
     cpu_ms_per_image (all processes), wait_seconds and wait_share (in `next`),
-    first_batch_seconds), 'step_seconds', 'scaling' (images/s of each count over the smallest positive
-    count's), 'stage_ms' (mean ms per image of each preparation stage, one process),
-    'stage_ms' also has 'total' (wall) and 'total_cpu' (CPU time of the one process);
+    first_batch_seconds), 'step_seconds', 'scaling' (images/s of each count over the
+    smallest positive count's), 'stage_ms' (mean ms per image of each preparation
+    stage, one process; also 'total' (wall) and 'total_cpu' (CPU time of the process));
     'bytes_per_image' (host -> device batch, per key and total), 'file_bytes_per_image'
     (encoded images read), 'images', 'batch_size', 'cpus' (usable by this process),
     'load_average' (1-minute, at the end: other work sharing the CPUs).
@@ -168,20 +166,22 @@ def measure_input(config: ml_collections.ConfigDict, num_workers: Sequence[int] 
 
 def markdown(result: dict[str, Any]) -> str:
   """`measure_input`'s result as Markdown tables."""
+  runs = [[run['workers'], tables.cell(run['images_per_second'], 1),
+           tables.cell(run['images_per_second_per_worker'], 1),
+           f"{result['scaling'][str(run['workers'])]:.2f}x",
+           tables.cell(run['cpu_ms_per_image'], 1), f"{100 * run['wait_share']:.0f}%",
+           tables.cell(run['first_batch_seconds'], 1)] for run in result['runs']]
   lines = [f"Input pipeline: {result['images']} images, batch {result['batch_size']}, "
            f"{result['cpus']} CPUs (load average {result['load_average']:.1f}), simulated "
-           f"device step {result['step_seconds']:.3f} s.", '',
-           '| worker processes | images/s | images/s per worker | scaling | CPU ms per image '
-           '| waiting | first batch (s) |', '|---|---|---|---|---|---|---|']
-  for run in result['runs']:
-    lines.append(f"| {run['workers']} | {run['images_per_second']:.1f} | "
-                 f"{run['images_per_second_per_worker']:.1f} | "
-                 f"{result['scaling'][str(run['workers'])]:.2f}x | "
-                 f"{run['cpu_ms_per_image']:.1f} | {100 * run['wait_share']:.0f}% | "
-                 f"{run['first_batch_seconds']:.1f} |")
-  lines += ['', '| stage | ms per image (one process) |', '|---|---|']
-  lines += [f'| {stage} | {ms:.2f} |' for stage, ms in result['stage_ms'].items()]
-  lines += ['', '| batch key | bytes per image |', '|---|---|']
-  lines += [f'| {key} | {nbytes:,.0f} |' for key, nbytes in result['bytes_per_image'].items()]
+           f"device step {result['step_seconds']:.3f} s.", '']
+  lines += tables.markdown_table(['worker processes', 'images/s', 'images/s per worker',
+                                  'scaling', 'CPU ms per image', 'waiting',
+                                  'first batch (s)'], runs)
+  lines += [''] + tables.markdown_table(
+      ['stage', 'ms per image (one process)'],
+      [[stage, tables.cell(ms, 2)] for stage, ms in result['stage_ms'].items()])
+  lines += [''] + tables.markdown_table(
+      ['batch key', 'bytes per image'],
+      [[key, f'{nbytes:,.0f}'] for key, nbytes in result['bytes_per_image'].items()])
   lines.append(f"\nEncoded image files: {result['file_bytes_per_image']:,.0f} bytes per image.")
   return '\n'.join(lines)

@@ -19,15 +19,15 @@ box difference in pixels), so a fast but wrong path shows as such.
 
 import os
 import shutil
-import statistics
 import tempfile
-import time
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 
+from benchmarks import tables
+from benchmarks import timing
 from maskrcnn_jax.inference import export
 from maskrcnn_jax.inference import serving
 from maskrcnn_jax.model import mask_rcnn
@@ -40,12 +40,6 @@ def _folder_mb(path: str) -> float:
   for root, _, files in os.walk(path):
     total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
   return total / 2**20
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-  start = time.perf_counter()
-  result = fn()
-  return result, time.perf_counter() - start
 
 
 def missing(path: str) -> str:
@@ -107,18 +101,15 @@ def benchmark_path(path: str, config: ml_collections.ConfigDict, variables: Any,
                    reference: dict[str, np.ndarray] | None, out_dir: str) -> dict[str, Any]:
   """One path's row (see the module docstring); its outputs under 'outputs'."""
   write, load = _loader(path, config, variables, images.shape[0], out_dir)
-  _, export_s = _timed(write)
-  call, load_s = _timed(lambda: load(None))
-  outputs, first_s = _timed(lambda: call(images, info))
-  times = []
-  for _ in range(steps):
-    _, seconds = _timed(lambda: call(images, info))
-    times.append(seconds)
+  _, export_s = timing.time_once(write)
+  call, load_s = timing.time_once(lambda: load(None))
+  outputs = {}
+  call_timing = timing.time_calls(lambda: outputs.update(call(images, info)), steps, warmup=0)
   row = {'path': path, 'export_s': export_s if path != 'jax.jit' else None,
          'artifact_mb': _folder_mb(out_dir) if path != 'jax.jit' else None,
-         'load_s': load_s, 'first_call_s': first_s,
-         'median_call_s': statistics.median(times),
-         'ms_per_image': 1000 * statistics.median(times) / images.shape[0],
+         'load_s': load_s, 'first_call_s': call_timing.first_call_s,
+         'median_call_s': call_timing.median_s,
+         'ms_per_image': 1000 * call_timing.median_s / images.shape[0],
          'outputs': {k: np.asarray(v) for k, v in outputs.items()}}
   if reference is not None:
     valid = np.asarray(reference['valid'])
@@ -135,16 +126,17 @@ def host_work_ms(config: ml_collections.ConfigDict, raw: list[np.ndarray],
                  outputs: dict[str, np.ndarray], steps: int) -> dict[str, float]:
   """Median ms per image of `serving.preprocess` and `serving.postprocess` on one batch."""
   canvas = tuple(config.data.image_size)
-  pre, post = [], []
-  for _ in range(max(steps, 1)):
-    (_, infos), seconds = _timed(lambda: serving.preprocess(raw, config, canvas=canvas,
-                                                            batch_size=len(raw)))
-    pre.append(seconds)
-    _, seconds = _timed(lambda: serving.postprocess(outputs, [r.shape[:2] for r in raw],
-                                                    infos, config))
-    post.append(seconds)
-  return {'preprocess_ms_per_image': 1000 * statistics.median(pre) / len(raw),
-          'postprocess_ms_per_image': 1000 * statistics.median(post) / len(raw)}
+  infos = []
+
+  def preprocess():
+    infos[:] = [serving.preprocess(raw, config, canvas=canvas, batch_size=len(raw))[1]]
+
+  pre = timing.time_calls(preprocess, max(steps, 1), warmup=0)
+  post = timing.time_calls(lambda: serving.postprocess(outputs, [r.shape[:2] for r in raw],
+                                                       infos[0], config),
+                           max(steps, 1), warmup=0)
+  return {'preprocess_ms_per_image': 1000 * pre.median_s / len(raw),
+          'postprocess_ms_per_image': 1000 * post.median_s / len(raw)}
 
 
 def run(config: ml_collections.ConfigDict, variables: Any, batch_size: int, steps: int,
@@ -175,30 +167,20 @@ def run(config: ml_collections.ConfigDict, variables: Any, batch_size: int, step
           'skipped': skipped, 'host': host}
 
 
-def _cell(value: Any, digits: int) -> str:
-  if value is None:
-    return '-'
-  if isinstance(value, bool):
-    return 'yes' if value else 'NO'
-  return f'{value:.{digits}f}'
-
-
 def markdown_table(result: dict[str, Any]) -> str:
   """The rows as a Markdown table, the skipped paths and the host work under it."""
   height, width = result['canvas']
-  lines = [f'Batch {result["batch_size"]} on the {height} x {width} canvas, one process:', '',
-           '| path | export s | artifact MB | load s | first call s | call s | ms / image '
-           '| same detections | max box diff px |',
-           '|---|---|---|---|---|---|---|---|---|']
-  for r in result['rows']:
-    lines.append(
-        f"| {r['path']} | {_cell(r['export_s'], 1)} | {_cell(r['artifact_mb'], 1)} | "
-        f"{_cell(r['load_s'], 2)} | {_cell(r['first_call_s'], 2)} | "
-        f"{_cell(r['median_call_s'], 3)} | {_cell(r['ms_per_image'], 1)} | "
-        f"{_cell(r.get('same_detections'), 0) if 'same_detections' in r else 'reference'} | "
-        f"{_cell(r.get('max_box_difference_px'), 6) if 'same_detections' in r else '-'} |")
-  for path, why in result['skipped'].items():
-    lines.append(f'| {path} | not run: {why} | | | | | | | |')
+  rows = [[r['path'], tables.cell(r['export_s'], 1), tables.cell(r['artifact_mb'], 1),
+           tables.cell(r['load_s'], 2), tables.cell(r['first_call_s'], 2),
+           tables.cell(r['median_call_s'], 3), tables.cell(r['ms_per_image'], 1),
+           tables.cell(r['same_detections'], 0) if 'same_detections' in r else 'reference',
+           tables.cell(r['max_box_difference_px'], 6) if 'same_detections' in r else '-']
+          for r in result['rows']]
+  rows += [[path, f'not run: {why}'] + [''] * 7 for path, why in result['skipped'].items()]
+  lines = [f'Batch {result["batch_size"]} on the {height} x {width} canvas, one process:', '']
+  lines += tables.markdown_table(
+      ['path', 'export s', 'artifact MB', 'load s', 'first call s', 'call s', 'ms / image',
+       'same detections', 'max box diff px'], rows)
   host = result['host']
   lines += ['', f"Host work around any path: preprocess {host['preprocess_ms_per_image']:.1f} "
             f"ms / image, postprocess (paste into the original image) "

@@ -1,6 +1,6 @@
 """`image_info`: the per-image geometry row of a batch, read by name (no jax, no host deps).
 
-One row per image, [5] float32 (DESIGN.md's batch table):
+One row per image, [5] float32 (docs/design.md, "image_info"):
   resized height, resized width: the valid (unpadded) region of the canvas, in the canvas
     frame (after any transpose);
   scale: original pixels -> resized pixels;

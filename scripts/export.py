@@ -1,4 +1,4 @@
-r"""Exports a checkpoint's inference forward for serving (see maskrcnn_jax/export.py).
+r"""Exports a checkpoint's inference forward for serving (maskrcnn_jax/inference/export.py).
 
   python scripts/export.py --config configs/maskrcnn_r50_fpn_1x.py \
       --checkpoint runs/r50_1x/checkpoints --format stablehlo --batch 8 --out exported/
@@ -6,9 +6,10 @@ r"""Exports a checkpoint's inference forward for serving (see maskrcnn_jax/expor
 `--checkpoint` is what scripts/evaluate.py takes. Writes <out>/model.stablehlo (the
 forward at one canvas and batch, weights inside, for cpu, cuda and tpu) and
 <out>/metadata.json; `--format saved_model` writes <out>/saved_model (TensorFlow) and
-`--format onnx` <out>/model.onnx (jax2onnx, for onnxruntime) in its place. `--canvas HxW` picks another of the config's canvases than
-data.image_size. Category names come from `--annotations` (a COCO JSON) or from what the
-training run saved in its workdir. Serve it with
+`--format onnx` <out>/model.onnx (jax2onnx, for onnxruntime) in its place. `--canvas HxW`
+picks another of the config's canvases than data.image_size. Category names come from
+`--annotations` (a COCO JSON) or from what the training run saved in its workdir. Serve
+it with
   exported = jax.export.deserialize(open('model.stablehlo', 'rb').read())
   outputs = exported.call(images_uint8, image_info)
 around the host steps of `Predictor.preprocess` and `Predictor.predict_batch`, or

@@ -1,7 +1,8 @@
-"""Box references in plain NumPy/Python loops, written from the definitions.
+"""References in plain NumPy/Python loops, written from the definitions, and the random
+masks they are tried on.
 
-Shared by the tests of ops/boxes.py, ops/nms.py, model/rpn.py and model/postprocess.py
-so that each definition is written once.
+Shared by the tests of ops/ (boxes, NMS, mask targets), model/ (rpn, postprocess) and
+data/ (mask crops) and inference/ (paste), so that each definition is written once.
 """
 
 import math
@@ -52,3 +53,25 @@ def greedy_nms(boxes, scores, iou_threshold, valid=None, classes=None) -> list[i
            for j in kept):
       kept.append(i)
   return kept
+
+
+def bilinear_zero_padded(image, y, x):
+  """Reference: bilinear value of `image` at pixel-index point (y, x), zeros outside."""
+  y0, x0 = math.floor(y), math.floor(x)
+  value = 0.0
+  for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+    for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+      if 0 <= yy < image.shape[0] and 0 <= xx < image.shape[1]:
+        value += wy * wx * float(image[yy, xx])
+  return value
+
+
+def random_blob_mask(rng, height, width):
+  """[height, width] uint8: a union of random discs."""
+  yy, xx = np.mgrid[:height, :width] + 0.5
+  mask = np.zeros((height, width), bool)
+  for _ in range(4):
+    cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+    radius = rng.uniform(1, max(height, width, 6) / 3)
+    mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2
+  return mask.astype(np.uint8)

@@ -33,6 +33,7 @@ def _error_lines(stderr):
     (['--config.data.train_annotations=/nowhere/train.json'], 1,
      'train.py: error: /nowhere/train.json: annotation file not found'),
 ])
+@pytest.mark.slow
 def test_a_mistake_prints_one_line_and_its_exit_status(tmp_path, args, status, message):
   result = _run('train.py', '--config=configs/shapes_demo.py', f'--workdir={tmp_path}', *args)
   assert result.returncode == status, result.stderr[-2000:]
@@ -40,6 +41,7 @@ def test_a_mistake_prints_one_line_and_its_exit_status(tmp_path, args, status, m
       message, f'(--verbose or {cli.VERBOSE_ENV}=1 prints the traceback)']
 
 
+@pytest.mark.slow
 def test_verbose_prints_the_traceback(tmp_path):
   args = ['--config=configs/shapes_demo.py', f'--workdir={tmp_path}',
           '--config.train.num_stepz=3']

@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 from PIL import Image
+import pytest
 
 from maskrcnn_jax import checkpoint
 from maskrcnn_jax.data import shapes
@@ -17,6 +18,7 @@ from tests.conftest import load_config
 from tests.conftest import REPO_ROOT
 
 
+@pytest.mark.slow
 def test_predict_writes_a_drawing_and_json_per_image(tmp_path):
   config_path = REPO_ROOT / 'configs' / 'shapes_demo.py'
   annotations, image_dir = shapes.write_split(str(tmp_path / 'shapes'), 'val', num_images=2,
@@ -51,10 +53,11 @@ def test_predict_writes_a_drawing_and_json_per_image(tmp_path):
       assert 0 <= d['mask_area'] <= (x2 - x1 + 2) * (y2 - y1 + 2)
 
 
+@pytest.mark.slow
 def test_predict_reads_a_training_run_and_survives_bad_inputs(tmp_path):
   """A training run's checkpoints folder, its category names, a folder of images, two
   inputs of one name and an unreadable file."""
-  from tests.test_evaluate import _random_variables  # pylint: disable=import-outside-toplevel
+  from tests.evaluation.test_evaluator import _random_variables  # pylint: disable=import-outside-toplevel
   config = load_config('tiny')
   shapes.write_split(str(tmp_path / 'shapes'), 'val', num_images=2, image_size=64, seed=0)
   folder = tmp_path / 'shapes' / 'val'
@@ -94,6 +97,7 @@ def test_predict_reads_a_training_run_and_survives_bad_inputs(tmp_path):
     assert d['category_name'] == names[d['category_id'] - 1]
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_refuse_classes_that_are_not_the_categories(tmp_path):
   """91 classes (torchvision's habit) for 4 categories: refused before any inference."""
   annotations, image_dir = shapes.write_split(str(tmp_path / 'shapes'), 'val', num_images=1,

@@ -1,7 +1,7 @@
 """Detectron2's COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x, for its model-zoo weights.
 
 Converted with
-  python scripts/convert_weights.py --kind detectron2 model_final_f10217.pkl weights/d2_r50_1x
+  python scripts/convert_weights.py --kind detectron2 model_final_a54504.pkl weights/d2_r50_1x
 its weights evaluate here as in Detectron2: the MSRA body (stride in the first 1x1 conv),
 BGR input with PIXEL_MEAN [103.53, 116.28, 123.675] and PIXEL_STD 1 (held reversed as RGB:
 the conversion reverses the stem's input channels), aligned RoIAlign, unrounded anchors

@@ -13,7 +13,6 @@ A training image that cannot be read is replaced by another image of its step
 """
 
 import logging
-import time
 from typing import Iterator, Sequence
 
 import ml_collections
@@ -190,14 +189,12 @@ class Batches:
   Every batch lies on one canvas (its images' shape), the same on every host at a step;
   the order is `loader.StepPlan`'s, so batches depend only on (seed, step, host) and
   not on the number of workers. `data.num_workers` grain processes (0: the calling
-  process) prepare them, `data.prefetch` batches ahead of the consumer.
-  `wait_seconds` is the time the consumer has spent waiting in `__next__` (cumulative;
-  the first batch includes the workers' start-up). Use as a context manager, or call
-  `close()`, to stop the workers. A worker's error is raised by `__next__` (a bad
-  image or annotation names its file and image id); a worker that dies raises a
-  RuntimeError within about a second. In training, data.corrupt_images = 'skip' replaces
-  an image that cannot be read instead (`_HostBatch`): a warning names it the first time
-  and `skipped_images` counts them.
+  process) prepare them, `data.prefetch` batches ahead of the consumer. Use as a context
+  manager, or call `close()`, to stop the workers. A worker's error is raised by
+  `__next__` (a bad image or annotation names its file and image id); a worker that dies
+  raises a RuntimeError within about a second. In training, data.corrupt_images = 'skip'
+  replaces an image that cannot be read instead (`_HostBatch`): a warning names it the
+  first time and `skipped_images` counts them.
   """
 
   def __init__(self, dataset: structures.CocoDataset, data_config: ml_collections.ConfigDict,
@@ -234,7 +231,6 @@ class Batches:
     plan = loader.StepPlan(record_canvas, canvas_sizes, global_batch_size, train=train,
                            seed=seed)
     self.num_steps = plan.num_steps
-    self.wait_seconds = 0.0
     self._unreadable_ids = set()  # image ids of the training images replaced
     self._next_step = start_step
     workers = data_config.num_workers
@@ -254,11 +250,7 @@ class Batches:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    start = time.perf_counter()
-    try:
-      batch = next(self._iterator)
-    finally:
-      self.wait_seconds += time.perf_counter() - start
+    batch = next(self._iterator)
     step, self._next_step = self._next_step, self._next_step + 1
     for image_id, error in batch.pop(_UNREADABLE, ()):
       if image_id not in self._unreadable_ids:  # once per image; it is replaced each time

@@ -4,7 +4,7 @@
 'segm') and returns its 12 numbers and per-category APs. Both engines read the same
 ground-truth dict (a COCO annotation file's content) and the same results; faster-coco-eval
 is a C++ port of pycocotools' evaluateImg/accumulate and gives the same tables
-(tests/test_coco_eval.py compares all 12 numbers for equality on the real COCO slice and
+(tests/evaluation/test_coco_eval.py compares all 12 numbers for equality on the real COCO slice and
 on synthetic cases). Config key: `eval.engine`.
 
 `coco_tables` runs the bbox and segm evaluations at once, one in this process and the

@@ -212,8 +212,8 @@ class MaskRCNN(nn.Module):
     """The multi-task training loss L = L_rpn_cls + L_rpn_box + L_cls + L_box + L_mask (+ L_kp).
 
     Args:
-      batch: DESIGN.md's batch (images, image_info, gt_boxes, gt_classes, gt_masks,
-        gt_is_crowd; with the keypoint head gt_keypoints [B, N, K, 3]); padded
+      batch: the batch of docs/design.md (images, image_info, gt_boxes, gt_classes,
+        gt_masks, gt_is_crowd; with the keypoint head gt_keypoints [B, N, K, 3]); padded
         instances have class 0.
       key: randomness for the anchor and RoI samplers.
 

@@ -12,14 +12,14 @@ from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import examples
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import structures
-from tests.data.test_loader import _batches_config
+from tests.data.test_batches import batches_config
 
 BAD_ID = 4
 BATCH = 4  # 10 images: 3 steps an epoch, the last topped up
 
 
 def _config(**overrides):
-  return _batches_config(**{**dict(min_size=32, max_size=64, train_min_sizes=(24, 32),
+  return batches_config(**{**dict(min_size=32, max_size=64, train_min_sizes=(24, 32),
                                    image_size=(64, 64), extra_canvases=(), max_instances=2),
                             **overrides})
 
@@ -56,7 +56,7 @@ def _stream(dataset, count, **kwargs):
     return [next(batches) for _ in range(count)], batches.skipped_images
 
 
-def _assert_same(stream_a, stream_b):
+def assert_same_batches(stream_a, stream_b):
   assert len(stream_a) == len(stream_b)
   for a, b in zip(stream_a, stream_b):
     assert a.keys() == b.keys()
@@ -95,10 +95,10 @@ def test_skip_gives_the_same_batches_with_a_worker_and_on_resume(split):
   _, bad = split
   stream, skipped = _stream(bad, 6)
   in_worker, skipped_in_worker = _stream(bad, 6, num_workers=1)
-  _assert_same(stream, in_worker)
+  assert_same_batches(stream, in_worker)
   assert skipped == skipped_in_worker == 1
   resumed, _ = _stream(bad, 2, start_step=4)
-  _assert_same(stream[4:], resumed)
+  assert_same_batches(stream[4:], resumed)
 
 
 def test_fail_stops_training_naming_the_file_and_evaluation_always_stops(split):

@@ -1,10 +1,8 @@
-"""Tests of data/loader.py and pipeline.Batches: step plan, worker processes, resumption,
-sharding, canvas grouping, errors."""
+"""data/loader.py: the step plan, the record store, and the worker processes behind
+pipeline.Batches (the same batches with any worker count, errors, shared memory)."""
 
 import contextlib
 import dataclasses
-import json
-import logging
 import multiprocessing
 import os
 import pickle
@@ -14,21 +12,19 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
 import pytest
 
 from maskrcnn_jax.config import default_config
-from maskrcnn_jax.data import coco
-from maskrcnn_jax.data import examples
 from maskrcnn_jax.data import loader
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import structures
-from maskrcnn_jax.data import transforms
 from tests.conftest import REPO_ROOT
+from tests.data import test_batches
 
 # Canvas 0 (8 x 16) holds both others; canvas 2 (4 x 12) is smaller than canvas 1 (8 x 8)
 # but does not fit in it, so its leftovers skip canvas 1 and go straight to canvas 0.
 SIZES = [(8, 16), (8, 8), (4, 12)]
+varied = test_batches.varied  # the fixture: images of varied sizes
 
 
 def test_train_plan_groups_canvases_and_moves_leftovers():
@@ -112,197 +108,13 @@ def test_record_store_round_trips_and_travels_as_a_file_name(tmp_path):
   assert not os.path.exists(path)
 
 
-# Batches over a small COCO-format folder with landscape, portrait, square and wide images.
-# Resized (shorter side 64, longer at most 128): 40 x 60 -> 64 x 96 and 60 x 40 -> 96 x 64
-# (transposed: 64 x 96) on canvas 2 (64 x 128), as 30 x 70 -> 54 x 128; 48 x 48 -> 64 x 64
-# on canvas 1. Canvas 0 (128 x 128) takes the leftovers.
-IMAGE_SIZES = [(40, 60), (60, 40), (48, 48), (30, 70)]
-
-
-def _batches_config(**overrides):
-  c = default_config().data
-  c.unlock()
-  settings = dict(resize_mode='shorter_side', min_size=64, max_size=128,
-                  train_min_sizes=(48, 64), image_size=(128, 128),
-                  extra_canvases=((64, 64), (64, 128)), max_instances=3, mask_size=8,
-                  num_workers=0, prefetch=2)
-  c.update({**settings, **overrides})
-  return c
-
-
-@pytest.fixture(scope='module')
-def varied(tmp_path_factory):
-  """A 14-image COCO-format split of IMAGE_SIZES, each with 1-2 box-shaped instances."""
-  root = tmp_path_factory.mktemp('varied')
-  rng = np.random.default_rng(0)
-  images, annotations = [], []
-  for image_id in range(1, 15):
-    height, width = IMAGE_SIZES[image_id % len(IMAGE_SIZES)]
-    name = f'{image_id:03d}.png'
-    Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8)).save(root / name)
-    images.append({'id': image_id, 'file_name': name, 'height': height, 'width': width})
-    for k in range(1 + image_id % 2):
-      x, y = rng.uniform(0, width / 2), rng.uniform(0, height / 2)
-      w, h = rng.uniform(4, width / 2), rng.uniform(4, height / 2)
-      annotations.append({'id': image_id * 10 + k, 'image_id': image_id, 'category_id': 1 + k,
-                          'bbox': [x, y, w, h], 'iscrowd': 0, 'area': w * h,
-                          'segmentation': [[x, y, x + w, y, x + w, y + h, x, y + h]]})
-  path = root / 'instances.json'
-  path.write_text(json.dumps({'images': images, 'annotations': annotations, 'categories': [
-      {'id': 1, 'name': 'a'}, {'id': 2, 'name': 'b'}]}))
-  return coco.load_coco(str(path), str(root), filter_empty=False)
-
-
-def _take(batches, count=None):
-  with batches:
-    return list(batches) if count is None else [next(batches) for _ in range(count)]
-
-
-def _assert_same(stream_a, stream_b):
-  assert len(stream_a) == len(stream_b)
-  for a, b in zip(stream_a, stream_b):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
-def _check_on_canvas(batch, by_id, cfg, train):
-  """One canvas per batch; each example inside it, transposed iff a portrait."""
-  sizes = transforms.canvas_sizes(cfg)
-  height, width = batch['images'].shape[1:3]
-  assert (height, width) in sizes
-  for i, image_id in enumerate(batch['image_id']):
-    if image_id == examples.PADDING_IMAGE_ID:
-      assert not batch['images'][i].any() and not batch['gt_classes'][i].any()
-      continue
-    record = by_id[int(image_id)]
-    own = transforms.choose_canvas(record.height, record.width, cfg, train)
-    own_h, own_w = sizes[own.index]
-    assert own_h <= height and own_w <= width  # its own canvas or one holding it
-    info = batch['image_info'][i]
-    assert bool(info[4]) == (record.height > record.width)
-    valid_h, valid_w = int(info[0]), int(info[1])
-    assert 0 < valid_h <= height and 0 < valid_w <= width
-    assert not batch['images'][i, valid_h:].any() and not batch['images'][i, :, valid_w:].any()
-
-
-def test_batches_train_stream_on_canvases(varied):
-  cfg = _batches_config()
-  by_id = {r.image_id: r for r in varied.records}
-  batches = pipeline.Batches(varied, cfg, 4, train=True, seed=5)
-  stream = _take(batches, 8)
-  assert batches.wait_seconds > 0
-  for batch in stream:
-    _check_on_canvas(batch, by_id, cfg, train=True)
-    assert batch['images'].dtype == np.uint8 and batch['image_info'].shape == (4, 5)
-  # 14 images: 4 of 48 x 48 (canvas 1) -> 1 batch; 10 on canvas 2 -> 2 batches and 2
-  # left over to canvas 0 -> 1 batch, topped up: 4 steps an epoch, each image in each.
-  ids = [np.concatenate([b['image_id'] for b in stream[e * 4:(e + 1) * 4]]) for e in range(2)]
-  for epoch_ids in ids:
-    assert set(epoch_ids.tolist()) == set(by_id)
-  assert sorted(b['images'].shape[1:3] for b in stream[:4]) == [(64, 64), (64, 128),
-                                                                 (64, 128), (128, 128)]
-  scales = np.concatenate([b['image_info'][:, 2] for b in stream])
-  flips = np.concatenate([b['image_info'][:, 3] for b in stream])
-  assert 0 < flips.mean() < 1 and len(set(np.round(scales, 4).tolist())) > 4
-
-
-def test_batch_table(varied):
-  batch = _take(pipeline.Batches(varied, _batches_config(), 4, train=False), 1)[0]
-  expected = {'images': ((4, 64, 64, 3), np.uint8), 'image_info': ((4, 5), np.float32),
-              'gt_boxes': ((4, 3, 4), np.float32), 'gt_classes': ((4, 3), np.int32),
-              'gt_masks': ((4, 3, 8, 8), np.uint8), 'gt_is_crowd': ((4, 3), np.bool_),
-              'image_id': ((4,), np.int64)}
-  assert {k: (v.shape, v.dtype.type) for k, v in batch.items()} == expected
-
-
-def test_truncation_is_logged(varied, caplog):
-  with caplog.at_level(logging.INFO):
-    pipeline.Batches(varied, _batches_config(max_instances=1), 2, train=True).close()
-  assert '7 of 14 images have more than data.max_instances = 1' in caplog.text
-
-
-def test_each_slot_is_prepare_example_with_its_position_rng(varied):
-  cfg = _batches_config()
-  by_id = {r.image_id: r for r in varied.records}
-  host_1 = _take(pipeline.Batches(varied, cfg, 4, train=True, seed=7, process_index=1,
-                                  process_count=2), 4)
-  for step, batch in enumerate(host_1):
-    height, width = batch['images'].shape[1:3]
-    index = transforms.canvas_sizes(cfg).index((height, width))
-    for j, image_id in enumerate(batch['image_id']):
-      record = by_id[int(image_id)]
-      canvas = transforms.Canvas(index, height, width, record.height > record.width)
-      position = step * 4 + 2 + j  # host 1 holds slots 2 and 3 of each global batch
-      expected = examples.prepare_example(record, cfg, canvas,
-                                          np.random.default_rng([7, position, 1]))
-      for key, value in expected.items():
-        np.testing.assert_array_equal(batch[key][j], value, err_msg=key)
-
-
-def test_batches_resume_and_seed(varied):
-  cfg = _batches_config()
-  stream = _take(pipeline.Batches(varied, cfg, 4, train=True, seed=5), 7)
-  resumed = _take(pipeline.Batches(varied, cfg, 4, train=True, seed=5, start_step=5), 2)
-  _assert_same(stream[5:], resumed)
-  other = _take(pipeline.Batches(varied, cfg, 4, train=True, seed=6), 2)
-  assert not all(np.array_equal(a['image_id'], b['image_id']) for a, b in zip(stream, other))
-
-
-def test_hosts_partition_the_global_batch(varied):
-  cfg = _batches_config()
-  for train, count in ((True, 5), (False, None)):  # None: the whole evaluation pass
-    whole = _take(pipeline.Batches(varied, cfg, 4, train=train, seed=2), count)
-    hosts = [_take(pipeline.Batches(varied, cfg, 4, train=train, seed=2, process_index=p,
-                                    process_count=2), count) for p in range(2)]
-    assert len(whole) == len(hosts[0]) == len(hosts[1]) == (count or 4)
-    for step in range(len(whole)):
-      assert hosts[0][step]['images'].shape[0] == 2
-      for key in whole[step]:
-        np.testing.assert_array_equal(
-            np.concatenate([hosts[0][step][key], hosts[1][step][key]]), whole[step][key])
-  with pytest.raises(ValueError, match='not divisible'):
-    pipeline.Batches(varied, cfg, 5, train=True, process_count=2)
-
-
-def test_eval_reads_every_image_once_grouped_by_canvas(varied):
-  cfg = _batches_config(random_flip=True)
-  by_id = {r.image_id: r for r in varied.records}
-  with pipeline.Batches(varied, cfg, 4, train=False) as batches:
-    # canvas 1: 4 images -> 1 step; canvas 2: 10 -> 3 steps (2 padding examples)
-    assert batches.num_steps == 4
-    stream = list(batches)
-  assert [b['images'].shape[1:3] for b in stream] == [(64, 64)] + [(64, 128)] * 3
-  ids = np.concatenate([b['image_id'] for b in stream])
-  real = ids[ids != examples.PADDING_IMAGE_ID]
-  assert sorted(real.tolist()) == sorted(by_id) and len(real) == len(by_id)
-  np.testing.assert_array_equal(ids[-2:], [examples.PADDING_IMAGE_ID] * 2)
-  for batch in stream:
-    _check_on_canvas(batch, by_id, cfg, train=False)
-    assert not batch['image_info'][:, 3].any()  # no flips in evaluation
-    for i, image_id in enumerate(batch['image_id']):
-      if image_id != examples.PADDING_IMAGE_ID:  # exactly its own canvas, at the test resize
-        record = by_id[int(image_id)]
-        canvas = transforms.choose_canvas(record.height, record.width, cfg, train=False)
-        assert batch['images'].shape[1:3] == (canvas.height, canvas.width)
-        new_h, new_w, _ = transforms.resize_shape(record.height, record.width,
-                                                  'shorter_side', 64, 128)
-        expected = (new_w, new_h) if canvas.transpose else (new_h, new_w)
-        assert tuple(batch['image_info'][i, :2]) == expected
-  # File order within a canvas.
-  grouped = [[int(i) for i in b['image_id'] if i >= 0] for b in stream]
-  assert grouped[0] == [r.image_id for r in varied.records if (r.height, r.width) == (48, 48)]
-  assert sum(grouped[1:], []) == [r.image_id for r in varied.records
-                                  if (r.height, r.width) != (48, 48)]
-
-
 @pytest.mark.slow
 def test_batches_same_with_0_1_2_workers(varied):
-  streams = [_take(pipeline.Batches(varied, _batches_config(num_workers=workers), 4,
+  streams = [test_batches.take_batches(pipeline.Batches(varied, test_batches.batches_config(num_workers=workers), 4,
                                     train=True, seed=3, start_step=2), 5)
              for workers in (0, 1, 2)]
-  _assert_same(streams[0], streams[1])
-  _assert_same(streams[0], streams[2])
+  test_batches.assert_same_batches(streams[0], streams[1])
+  test_batches.assert_same_batches(streams[0], streams[2])
 
 
 @pytest.mark.slow
@@ -311,28 +123,10 @@ def test_corrupt_image_in_a_worker_names_its_file_and_id(varied, tmp_path):
   broken.write_bytes(b'not an image')
   records = [dataclasses.replace(r, path=str(broken)) for r in varied.records]
   bad = dataclasses.replace(varied, records=records)
-  with pipeline.Batches(bad, _batches_config(num_workers=1), 2, train=False) as batches:
+  with pipeline.Batches(bad, test_batches.batches_config(num_workers=1), 2, train=False) as batches:
     with pytest.raises(structures.CocoFormatError,
                        match=r'image id \d+: cannot decode .*broken.png'):
       next(batches)
-
-
-def test_coco_tiny_eval_at_the_1x_config(coco_tiny):
-  cfg = default_config().data
-  cfg.val_annotations = str(coco_tiny / 'annotations' / 'instances_val2017.json')
-  cfg.val_images = str(coco_tiny / 'val2017')
-  cfg.num_workers = 0
-  dataset = pipeline.load_split(cfg, 'val')
-  by_id = {r.image_id: r for r in dataset.records}
-  with pipeline.Batches(dataset, cfg, 8, train=False) as batches:
-    stream = list(batches)
-  ids = np.concatenate([b['image_id'] for b in stream])
-  assert sorted(ids[ids >= 0].tolist()) == sorted(by_id)
-  shapes_seen = set()
-  for batch in stream:
-    _check_on_canvas(batch, by_id, cfg, train=False)
-    shapes_seen.add(batch['images'].shape[1:3])
-  assert len(shapes_seen) > 1  # real photos use more than one canvas
 
 
 @contextlib.contextmanager
@@ -351,7 +145,7 @@ def _fails_after(seconds):
 
 @pytest.mark.slow
 def test_killed_worker_raises_quickly(varied):
-  with pipeline.Batches(varied, _batches_config(num_workers=2), 4, train=True) as batches:
+  with pipeline.Batches(varied, test_batches.batches_config(num_workers=2), 4, train=True) as batches:
     next(batches)
     workers = [p for p in multiprocessing.active_children() if 'grain' in p.name]
     assert len(workers) == 2
@@ -375,11 +169,12 @@ def test_workers_prepare_the_next_batch_during_the_step(coco_tiny):
     cfg.num_workers = workers
     with pipeline.Batches(dataset, cfg, 4, train=True) as batches:
       next(batches)  # includes the worker's start-up
-      start = batches.wait_seconds
+      waits[workers] = 0.0
       for _ in range(3):
         time.sleep(0.5)  # a device step
-        next(batches)
-      waits[workers] = batches.wait_seconds - start
+        start = time.perf_counter()
+        next(batches)  # the consumer's wait for the batch
+        waits[workers] += time.perf_counter() - start
   assert waits[0] > 0.05, waits  # 3 batches of 4 real photos at the 1x resize
   assert waits[1] < waits[0] / 3, waits
 
@@ -397,6 +192,7 @@ def _logged(self, name=None, create=False, size=0):
       f.write(self.name + '\\n')
 shared_memory.SharedMemory.__init__ = _logged
 """
+
 
 _FINITE_AND_CLOSED_STREAMS = """
 import json, sys

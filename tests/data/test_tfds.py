@@ -62,6 +62,7 @@ def test_same_records_as_the_coco_files(prepared, split, filter_empty):
   _assert_same_records(dataset.records, reference.records)
 
 
+@pytest.mark.slow
 def test_same_batches_as_the_coco_files(prepared):
   _, splits, data_dir = prepared
   cfg = default_config().data

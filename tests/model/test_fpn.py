@@ -1,6 +1,6 @@
 """FPN vs a NumPy transcription of torchvision's FeaturePyramidNetwork + LastLevelMaxPool.
 
-The recorded torchvision ResNet-50 + FPN comparison is in tests/test_convert.py.
+The recorded torchvision ResNet-50 + FPN comparison is in tests/convert/test_torchvision_weights.py.
 """
 
 import jax

@@ -94,6 +94,7 @@ def _match(ours: np.ndarray, reference: np.ndarray, atol: float) -> np.ndarray:
   return match
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('index', range(NUM_IMAGES))
 def test_same_boxes_and_keypoints_as_torchvision(detections, recorded, index):
   ours = detections[index]
@@ -152,6 +153,7 @@ def test_keypoint_loss_matches_the_definition():
   np.testing.assert_allclose(float(fixed) * 40.0, float(loss) * int(valid.sum()), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_mask_and_keypoint_heads_pool_once_with_the_same_result(monkeypatch):
   """With both heads at 14 x 14 the RoI features are pooled once and shared: the same
   losses and detections as each head pooling on its own, gradients within float error

@@ -19,7 +19,7 @@ and sampler sizes; nothing else changed) must give the same losses:
     data.mask_size (112) crop of the gt box, itself thresholded, once per bin center. A
     flipped target pixel moves the loss by its logit, which accounts for the whole gap.
 
-Measured (2026-12-02), relative to Detectron2: rpn_cls 3e-9, rpn_box 2e-8, cls 7e-8, box
+The gaps, relative to Detectron2: rpn_cls 3e-9, rpn_box 2e-8, cls 7e-8, box
 3e-7; mask +1.9e-3 (7.4508 against 7.4368; 1.3e-7 with Detectron2's targets), from 170
 of the 39,200 target pixels of the 50 foreground RoIs (0.43%). With the full mask in
 place of the 112-px crop 93 pixels (0.24%) still differ, none on the RoIs with sides

@@ -59,6 +59,7 @@ def _check_outputs(out, image_info):
   assert np.all((masks >= 0) & (masks <= 1))
 
 
+@pytest.mark.slow
 def test_inference_compiles_once_and_meets_the_output_contract():
   model = mask_rcnn.MaskRCNN(_tiny_config())
   out, variables = jax.jit(model.init_with_output)(jax.random.PRNGKey(0), _images(0), IMAGE_INFO)
@@ -84,6 +85,7 @@ def test_inference_compiles_once_and_meets_the_output_contract():
     {'roi_op': 'pool', 'class_agnostic_mask': True},
     {'dtype': 'bfloat16'},
 ], ids=['pool_class_agnostic', 'bfloat16'])
+@pytest.mark.slow
 def test_ablations_run(overrides):
   model = mask_rcnn.MaskRCNN(_tiny_config(**overrides))
   out, variables = jax.jit(model.init_with_output)(jax.random.PRNGKey(0), _images(0), IMAGE_INFO)

@@ -1,6 +1,6 @@
 """ResNet body: shapes, torchvision's parameter counts, frozen BN, freezing, bfloat16.
 
-Numerical agreement with torchvision's ResNet-50 is checked in tests/test_convert.py.
+Numerical agreement with torchvision's ResNet-50 is checked in tests/convert/test_torchvision_weights.py.
 """
 
 import functools
@@ -99,6 +99,7 @@ def test_bottleneck_stride_placement(stride_in_1x1):
 
 @pytest.mark.parametrize('norm, freeze_at', [('frozen_bn', 0), ('frozen_bn', 2),
                                              ('group_norm', 3)])
+@pytest.mark.slow
 def test_freeze_at_stops_gradients_of_frozen_stages(norm, freeze_at):
   model = resnet.ResNet(depth=18, norm=norm, group_norm_groups=8, freeze_at=freeze_at)
   images = _images(32, 32)
@@ -120,6 +121,7 @@ def test_freeze_at_stops_gradients_of_frozen_stages(norm, freeze_at):
       assert min(norms) > 0.0, stage
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_is_close_to_float32():
   images = _images(64, 64)
   variables = _resnet18_variables('frozen_bn')

@@ -4,10 +4,9 @@ tests/fixtures/torchvision_resnext.npz holds torchvision's resnext50_32x4d body 
 on seeded weights (tests/tools/record_torchvision_resnext.py); the weights are
 regenerated here from the recorded names, shapes and seed and converted with the
 torchvision ResNet table (grouped kernels need no special row). Detectron2's X101 is
-checked in tests/test_convert_detectron2.py.
+checked in tests/convert/test_detectron2_weights.py.
 """
 
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +15,8 @@ import pytest
 
 from maskrcnn_jax import convert
 from maskrcnn_jax.model import resnet
+from tests.conftest import FIXTURES
 from tests.tools import seeded_weights
-
-FIXTURES = pathlib.Path(__file__).resolve().parents[1] / 'fixtures'
 
 
 def _names_and_shapes(names, shapes):

@@ -68,6 +68,7 @@ def test_box_head_matches_torchvision_layers(roi_op):
                              rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('class_agnostic', [False, True])
 def test_mask_head_matches_torchvision_layers(class_agnostic):
   features, boxes = _features_and_boxes(1)

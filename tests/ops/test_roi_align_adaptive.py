@@ -49,6 +49,7 @@ def recorded():
   return np.load(FIXTURES / 'detectron2_roi_align.npz')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('aligned', [0, 1])
 @pytest.mark.parametrize('size', [7, 14])
 def test_matches_recorded_detectron2_when_under_the_cap(recorded, aligned, size):
@@ -69,6 +70,7 @@ def test_over_the_cap_bins_average_cap_evenly_spaced_samples(recorded):
   np.testing.assert_allclose(out[exact], recorded['align_1_7'][exact], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_multilevel_adaptive_matches_single_level():
   rng = np.random.default_rng(1)
   pyramid = [rng.standard_normal((1, 64 // 2**i, 48 // 2**i, 2)).astype(np.float32)

@@ -5,6 +5,7 @@ import itertools
 
 import jax
 import numpy as np
+import pytest
 
 from maskrcnn_jax.ops import sampling
 
@@ -44,6 +45,7 @@ def _check(indices, valid, is_positive, positive, negative, num_samples, fractio
   assert len(set(indices[valid].tolist())) == num_pos + num_neg
 
 
+@pytest.mark.slow
 def test_counts_and_candidates_over_many_cases():
   rng = np.random.default_rng(0)
   cases = [(p, n) for p, n in itertools.product(range(NUM + 1), repeat=2) if p + n <= NUM]

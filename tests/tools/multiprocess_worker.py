@@ -1,4 +1,4 @@
-"""One process of tests/test_multiprocess.py: train, checkpoint, restore, train on.
+"""One process of tests/train/test_multiprocess.py: train, checkpoint, restore, train on.
 
   python tests/tools/multiprocess_worker.py --process_id I --num_processes P \
       --coordinator localhost:PORT --data_root R --workdir W --steps N [--restart]
@@ -100,7 +100,7 @@ def main() -> None:
   from maskrcnn_jax.runtime import distributed
   from maskrcnn_jax.train import step as step_lib
   from maskrcnn_jax.data import pipeline
-  from tests.test_train import tiny_config
+  from tests.train.test_train import tiny_config
   # pylint: enable=import-outside-toplevel
 
   config = tiny_config(args.data_root)

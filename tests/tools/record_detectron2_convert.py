@@ -1,4 +1,4 @@
-"""Records Detectron2's Mask R-CNN parts on seeded weights for tests/test_convert_detectron2.py.
+"""Records Detectron2's Mask R-CNN parts on seeded weights for tests/convert/test_detectron2_weights.py.
 
 Run with the torch venv and Detectron2's source (not the project venv):
   PYTHONPATH=.:/work/detectron2_src /work/tvenv/bin/python tests/tools/record_detectron2_convert.py

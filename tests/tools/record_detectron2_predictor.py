@@ -1,4 +1,4 @@
-"""Records Detectron2 GeneralizedRCNN inference for tests/test_predictor_detectron2.py.
+"""Records Detectron2 GeneralizedRCNN inference for tests/inference/test_predictor_detectron2.py.
 
 Run with the torch venv and Detectron2's source (not the project venv):
   PYTHONPATH=.:/work/detectron2_src /work/tvenv/bin/python tests/tools/record_detectron2_predictor.py

@@ -1,4 +1,4 @@
-"""Records torchvision's ResNet-50 + FPN backbone outputs for tests/test_convert.py.
+"""Records torchvision's ResNet-50 + FPN backbone outputs for tests/convert/test_torchvision_weights.py.
 
 Run with the torch venv (not the project venv):
   PYTHONPATH=. /work/tvenv/bin/python tests/tools/record_torchvision_backbone.py

@@ -1,4 +1,4 @@
-"""Records torchvision maskrcnn_resnet50_fpn inference for tests/test_predictor_torchvision.py.
+"""Records torchvision maskrcnn_resnet50_fpn inference for tests/inference/test_predictor_torchvision.py.
 
 Run with the torch venv (not the project venv):
   PYTHONPATH=. /work/tvenv/bin/python tests/tools/record_torchvision_maskrcnn.py

@@ -1,4 +1,4 @@
-"""Records torchvision's mask pasting for tests/ops/test_masks.py.
+"""Records torchvision's mask pasting for tests/inference/test_paste.py.
 
 Run with the torch venv (not the project venv):
   /work/tvenv/bin/python tests/tools/record_torchvision_paste.py

@@ -8,7 +8,6 @@ head on given boxes. The weights come in the files Detectron2 writes (a model-zo
 against the seeded arrays regenerated from the recorded names, shapes and seed.
 """
 
-import pathlib
 import pickle
 
 import jax
@@ -23,9 +22,10 @@ from maskrcnn_jax.model import poolers
 from maskrcnn_jax.model import resnet
 from maskrcnn_jax.model import roi_heads
 from maskrcnn_jax.model import rpn
+from tests.conftest import FIXTURES
+from tests.conftest import REPO_ROOT
 from tests.tools import seeded_weights
 
-FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 REL_TOL = 1e-4
 
 
@@ -130,7 +130,7 @@ def test_full_x101_32x8d_keys_cover_our_model():
                 _names_and_shapes(data['full_names'], data['full_shapes'])}
   variables = detectron2_weights.from_detectron2(state_dict)
   config = config_lib.load_config_file(
-      pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'detectron2'
+      REPO_ROOT / 'configs' / 'detectron2'
       / 'mask_rcnn_X_101_32x8d_FPN_3x.py')
   model = mask_rcnn.MaskRCNN(config.model)
   height, width = 64, 64
@@ -168,7 +168,6 @@ def test_refuses_other_files(tmp_path):
     detectron2_weights.from_detectron2(str(path))
 
 
-
 def test_convert_weights_script_writes_a_restorable_checkpoint(tmp_path, monkeypatch):
   import runpy  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
@@ -176,7 +175,7 @@ def test_convert_weights_script_writes_a_restorable_checkpoint(tmp_path, monkeyp
   source = FIXTURES / 'detectron2_r50_fpn.pkl'
   monkeypatch.setattr(sys, 'argv', ['convert_weights.py', '--kind', 'detectron2', str(source),
                                     str(tmp_path / 'out')])
-  runpy.run_path(str(FIXTURES.parents[1] / 'scripts' / 'convert_weights.py'), run_name='__main__')
+  runpy.run_path(str(REPO_ROOT / 'scripts' / 'convert_weights.py'), run_name='__main__')
   restored = checkpoint.restore_variables(str(tmp_path / "out"))
   expected = convert.from_detectron2(str(source))
   jax.tree.map(np.testing.assert_array_equal, restored, expected)

@@ -1,8 +1,9 @@
 """faster-coco-eval against pycocotools (the reference): identical 12-number tables.
 
 All 12 numbers and every per-category AP equal within 1e-12 (the C++ accumulation sums
-in another order, so the last bit or two may differ), for bbox and segm, on the real COCO slice and on synthetic cases: crowd regions, empty images,
-images with more than 100 detections, a category with no detections, no results.
+in another order, so the last bit or two may differ), for bbox and segm, on the real COCO
+slice and on synthetic cases: crowd regions, empty images, images with more than 100
+detections, a category with no detections, no results.
 `coco_tables` with bbox and segm at once (a spawned process) gives exactly the tables of
 one after the other, per-category APs included.
 """

@@ -1,22 +1,23 @@
-"""Tests of data/input_benchmark.py: the numbers it reports are consistent and JSON-able."""
+"""benchmarks/input_pipeline.py: the numbers it reports are consistent and JSON-able."""
 
 import json
 import os
 
-from benchmarks import input_pipeline as input_benchmark
+from benchmarks import input_pipeline
 from maskrcnn_jax.config import default_config
 from maskrcnn_jax.data import transforms
-from tests.data.test_loader import _batches_config
-from tests.data.test_loader import varied  # pylint: disable=unused-import  # a fixture
+from tests.data import test_batches
+
+varied = test_batches.varied  # the fixture: 14 images of varied sizes
 
 
 def test_measure_input_on_a_small_folder(varied):  # pylint: disable=redefined-outer-name
   config = default_config()
-  config.data = _batches_config()
+  config.data = test_batches.batches_config()
   config.data.train_annotations = varied.annotation_file
   config.data.train_images = os.path.dirname(varied.records[0].path)
   config.train.batch_size = 4
-  result = input_benchmark.measure_input(config, num_workers=(0,), num_batches=3,
+  result = input_pipeline.measure_input(config, num_workers=(0,), num_batches=3,
                                          step_seconds=0.05)
   assert json.loads(json.dumps(result)) == result
   run, = result['runs']
@@ -33,5 +34,5 @@ def test_measure_input_on_a_small_folder(varied):  # pylint: disable=redefined-o
   assert set(result['stage_ms']) >= {'decode', 'resize', 'masks', 'total', 'total_cpu'}
   assert all(ms > 0 for ms in result['stage_ms'].values())
   assert result['file_bytes_per_image'] > 0
-  table = input_benchmark.markdown(result)
+  table = input_pipeline.markdown(result)
   assert '| 0 | ' in table and '| gt_masks | 192 |' in table

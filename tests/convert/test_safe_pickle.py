@@ -2,7 +2,6 @@
 
 import collections
 import os
-import pathlib
 import pickle
 import zipfile
 
@@ -10,8 +9,7 @@ import numpy as np
 import pytest
 
 from maskrcnn_jax.convert import safe_pickle
-
-FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
+from tests.conftest import FIXTURES
 
 
 class _RunsCode:

@@ -1,8 +1,5 @@
-"""Tests for maskrcnn_jax.ops.rle_crops: crops from RLEs equal the crops of decoded masks.
-
-The reference is `mask_crops.crop_and_resize_mask` of pycocotools' full decode (itself tested
-against a per-pixel NumPy definition in test_masks.py); equality is exact.
-"""
+"""data/mask_crops.py: crops against a bilinear reference written from the definition, and
+crops straight from RLEs equal to the crops of the decoded masks, bit for bit."""
 
 import json
 
@@ -12,7 +9,44 @@ import pytest
 
 from maskrcnn_jax.data import mask_crops
 from maskrcnn_jax.data import mask_decoding
-from tests.ops.test_masks import random_blob_mask
+from tests import numpy_reference
+
+
+def crop_and_resize_reference(mask, box, size):
+  x1, y1, x2, y2 = box
+  out = np.zeros((size, size), np.uint8)
+  if x2 <= x1 or y2 <= y1:
+    return out
+  for i in range(size):
+    for j in range(size):
+      y = y1 + (i + 0.5) * ((y2 - y1) / size) - 0.5
+      x = x1 + (j + 0.5) * ((x2 - x1) / size) - 0.5
+      out[i, j] = numpy_reference.bilinear_zero_padded(mask, y, x) >= 0.5
+  return out
+
+
+@pytest.mark.parametrize('order', ['C', 'F'])
+def test_crop_and_resize_matches_reference(order):
+  """Row-major masks and pycocotools' column-major ones (the input pipeline's) alike."""
+  rng = np.random.default_rng(1)
+  mask = np.asarray(numpy_reference.random_blob_mask(rng, 30, 40), order=order)
+  boxes = [
+      (0.0, 0.0, 40.0, 30.0), (3.0, 5.0, 19.0, 21.0), (2.3, 4.7, 31.9, 12.2),
+      (-6.5, -3.2, 12.4, 9.9), (30.2, 20.1, 47.0, 36.0), (10.0, 10.0, 10.5, 10.2),
+      (50.0, 40.0, 60.0, 50.0),
+  ]
+  for box in boxes:
+    for size in (7, 16):
+      out = mask_crops.crop_and_resize_mask(mask, box, size)
+      assert out.shape == (size, size) and out.dtype == np.uint8
+      np.testing.assert_array_equal(out, crop_and_resize_reference(mask, box, size), str(box))
+
+
+@pytest.mark.parametrize('box', [(5.0, 5.0, 5.0, 9.0), (5.0, 9.0, 8.0, 2.0),
+                                 (0.0, 0.0, float('nan'), 3.0)])
+def test_crop_and_resize_degenerate_box_is_zeros(box):
+  mask = np.ones((10, 10), np.uint8)
+  np.testing.assert_array_equal(mask_crops.crop_and_resize_mask(mask, box, 8), 0)
 
 
 def _reference(rles, boxes, size):
@@ -34,7 +68,7 @@ def _boxes_to_try(boxes, height, width, rng):
 def test_random_masks_same_as_decoding_them(size):
   rng = np.random.default_rng(size)
   for height, width in [(30, 40), (57, 23), (1, 9)]:
-    mask_list = [random_blob_mask(rng, height, width) for _ in range(5)]
+    mask_list = [numpy_reference.random_blob_mask(rng, height, width) for _ in range(5)]
     mask_list += [np.zeros((height, width), np.uint8), np.ones((height, width), np.uint8)]
     rles = [mask_util.encode(np.asfortranarray(m)) for m in mask_list]
     boxes = np.stack([rng.uniform(-5, 5, 7), rng.uniform(-5, 5, 7),
@@ -72,22 +106,3 @@ def test_no_instances_and_mixed_sizes():
   b = mask_util.encode(np.asfortranarray(np.ones((5, 4), np.uint8)))
   with pytest.raises(ValueError, match='share its size'):
     mask_crops.crop_and_resize_rles([a, b], np.ones((2, 4)), 8)
-
-
-def test_decompress_counts_gives_back_the_runs():
-  """Runs -> pycocotools' compressed string -> `decompress_counts`: the same runs, for
-  several strings at once (one of them empty)."""
-  rng = np.random.default_rng(3)
-  runs_list = []
-  for _ in range(6):
-    runs = rng.integers(1, 4000, rng.integers(1, 40)).tolist()
-    runs[0] = int(rng.integers(0, 3))  # a mask may start with a 1
-    runs_list.append(runs)
-  strings = [mask_util.frPyObjects({'counts': runs, 'size': [1, sum(runs)]}, 1,
-                                   sum(runs))['counts'] for runs in runs_list]
-  strings.insert(2, b'')
-  runs, offsets = mask_decoding.decompress_counts(strings)
-  got = [runs[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-  assert got == runs_list[:2] + [[]] + runs_list[2:]
-  with pytest.raises(ValueError, match='middle of a number'):
-    mask_decoding.decompress_counts([strings[0], b'1P'])

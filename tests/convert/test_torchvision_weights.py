@@ -6,7 +6,6 @@ tests/tools/record_torchvision_backbone.py); the weights are regenerated here wi
 torch from the recorded names, shapes and seed.
 """
 
-import pathlib
 import sys
 
 import jax
@@ -17,9 +16,8 @@ from maskrcnn_jax import convert
 from maskrcnn_jax.convert import torchvision_weights
 from maskrcnn_jax.model import fpn
 from maskrcnn_jax.model import resnet
+from tests.conftest import FIXTURES
 from tests.tools import seeded_weights
-
-FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 
 # torchvision resnet{depth}(): all parameters, the fc layer included.
 TORCHVISION_PARAMETERS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160}

@@ -109,6 +109,7 @@ def _match(ours: np.ndarray, reference: np.ndarray, atol: float) -> np.ndarray:
   return match
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('index', range(NUM_IMAGES))
 def test_same_detections_as_torchvision(detections, recorded, index):
   ours = detections[index]
@@ -127,6 +128,7 @@ def test_same_detections_as_torchvision(detections, recorded, index):
   assert min(ious) >= 0.99, f'worst mask IoU {min(ious):.4f}'
 
 
+@pytest.mark.slow
 def test_one_compilation_per_padded_shape(detections, predictor):
   # Images 0 and 1 pad to the same 320x448; image 2 to 480x320.
   del detections
@@ -146,6 +148,7 @@ def stages(predictor, recorded):
   return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('level', [2, 3, 4, 5, 6])
 def test_same_fpn_features_as_torchvision(stages, recorded, level):
   reference = recorded[f'fpn_p{level}']
@@ -155,6 +158,7 @@ def test_same_fpn_features_as_torchvision(stages, recorded, level):
   np.testing.assert_allclose(ours, reference, atol=1e-4 * scale, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('index', range(NUM_IMAGES))
 def test_same_proposals_as_torchvision(stages, recorded, index):
   reference = recorded[f'proposals_{index}']

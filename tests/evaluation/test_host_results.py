@@ -1,4 +1,5 @@
-"""Box-region pasting and region RLE against ops.masks.paste_mask + pycocotools' encode."""
+"""evaluation/: box-region pasting and region RLE against inference/paste.py's paste_mask and
+pycocotools' encode; COCO results of batches; the worker processes."""
 
 import subprocess
 import sys

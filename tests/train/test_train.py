@@ -45,6 +45,7 @@ def _first_batch(config, batch_size):
     return next(iter(batches))
 
 
+@pytest.mark.slow
 def test_every_loss_term_falls_and_the_step_compiles_once(tmp_path):
   config = tiny_config(str(tmp_path / 'shapes'))
   config.model.roi_heads.batch_size_per_image = 64  # more foreground RoIs: less noise
@@ -79,7 +80,7 @@ _EIGHT_DEVICES = textwrap.dedent('''
     sys.path.insert(0, {repo!r})
     from maskrcnn_jax.runtime import distributed
     from maskrcnn_jax.train import step as step_lib
-    from tests.test_train import tiny_config, _first_batch
+    from tests.train.test_train import tiny_config, _first_batch
     assert jax.device_count() == 8
     config = tiny_config({root!r})
     batch = _first_batch(config, 8)
@@ -102,6 +103,7 @@ _EIGHT_DEVICES = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_same_losses_and_update_as_one(tmp_path):
   script = _EIGHT_DEVICES.format(repo=str(REPO_ROOT), root=str(tmp_path / 'shapes'))
   run_on_eight_cpu_devices(script, timeout=900)
@@ -139,10 +141,11 @@ def _tensorboard_scalars(logdir):
   return scalars
 
 
+@pytest.mark.slow
 def test_a_bfloat16_step_follows_the_float32_step(tmp_path):
   """bfloat16 compute, float32 parameters: the same losses and nearly the same update.
 
-  Measured with every anchor and RoI sampled: relative update difference per module FPN
+  With every anchor and RoI sampled, the relative update difference per module: FPN
   0.018, RPN 0.011, box head 0.014, backbone 0.099, mask head 0.41 (its own bfloat16
   arithmetic over ~1000 RoIs: the same with either RoIAlign accumulation). With
   RoIAlign's gradient accumulated in bfloat16, the FPN's was 0.39, the backbone's 0.48.
@@ -183,6 +186,7 @@ def test_a_bfloat16_step_follows_the_float32_step(tmp_path):
     assert difference < bound, (module, difference)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly_and_its_checkpoint_evaluates_the_same(tmp_path):
   config = _loop_config(tmp_path, 4)
   config.train.eval_every = 2
@@ -224,6 +228,7 @@ def test_interrupted_run_resumes_exactly_and_its_checkpoint_evaluates_the_same(t
   assert by_step['4']['segm']['AP'] == straight['eval']['segm']['AP']
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_and_keeps_only_finite_checkpoints(tmp_path):
   config = _loop_config(tmp_path, 6)
   config.data.val_annotations = ''
@@ -271,6 +276,7 @@ def test_init_from_checkpoint_loads_a_backbone_and_skips_other_shapes():
     step_lib.init_from_checkpoint(variables, {'params': {'fpn': {'w': np.zeros(3)}}}, 'ckpt')
 
 
+@pytest.mark.slow
 def test_train_script_rejects_unknown_keys_and_needs_a_workdir(tmp_path):
   script = [sys.executable, str(REPO_ROOT / 'scripts' / 'train.py'),
             f'--config={REPO_ROOT / "configs" / "shapes_demo.py"}']

@@ -23,7 +23,11 @@ from tests.conftest import REPO_ROOT
 from tests.tools import multiprocess_worker as worker
 
 STEPS = 2  # N: steps before and after the restart
+
+
 TIMEOUT = 600  # seconds for all three processes; they take about 2 minutes on 2 busy cores
+
+
 WORKER = REPO_ROOT / 'tests' / 'tools' / 'multiprocess_worker.py'
 
 

@@ -1,4 +1,5 @@
-"""COCO evaluation against pycocotools run directly, and the Evaluator end to end."""
+"""evaluation/evaluator.py end to end: against a per-image Predictor loop, on two canvases,
+and through scripts/evaluate.py."""
 
 import dataclasses
 import json
@@ -10,156 +11,21 @@ import jax
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 import pytest
 
 from maskrcnn_jax import checkpoint
-from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import image_files
-from maskrcnn_jax.data import mask_decoding
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
 from maskrcnn_jax.evaluation import coco_results
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
-from maskrcnn_jax.evaluation import metrics as metrics_lib
 from maskrcnn_jax.inference.predictor import Predictor
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.runtime import distributed
 from tests.conftest import load_config
 from tests.conftest import REPO_ROOT
-from tests.test_train import tiny_config
-
-
-def _encode_mask(mask: np.ndarray) -> dict:
-  """[H, W] bool -> COCO compressed RLE with str counts, as a results file holds it."""
-  rle = mask_util.encode(np.asfortranarray(np.asarray(mask, np.uint8)[:, :, None]))[0]
-  return {'size': [int(s) for s in rle['size']], 'counts': rle['counts'].decode('ascii')}
-
-def _shapes_split(root, num_images=12, size=64, seed=0):
-  annotations, images = shapes.write_split(str(root), 'val', num_images, size, seed=seed)
-  return coco.load_coco(annotations, images, filter_empty=False)
-
-
-def _gt_as_results(dataset):
-  """Every non-crowd instance of the records as a score-1 detection (boxes, RLE masks)."""
-  bbox_results, segm_results = [], []
-  for record in dataset.records:
-    masks = mask_decoding.decode_masks(record)
-    for i in np.flatnonzero(~record.is_crowd):
-      common = {'image_id': record.image_id, 'score': 1.0,
-                'category_id': dataset.category_ids[record.classes[i] - 1]}
-      x1, y1, x2, y2 = record.boxes[i].tolist()
-      bbox_results.append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
-      segm_results.append(dict(common, segmentation=_encode_mask(masks[i] > 0)))
-  return bbox_results, segm_results
-
-
-def _names(dataset):
-  return dict(zip(dataset.category_ids, dataset.class_names))
-
-
-def _assert_perfect(metrics):
-  for iou_type in metrics_lib.IOU_TYPES:
-    assert metrics[iou_type]['AP'] == pytest.approx(1.0), iou_type
-    assert metrics[iou_type]['AP75'] == pytest.approx(1.0), iou_type
-    for name, ap in metrics[iou_type]['per_category'].items():
-      assert ap == -1.0 or ap == pytest.approx(1.0), (iou_type, name, ap)
-
-
-def test_ground_truth_as_predictions_scores_one_on_shapes(tmp_path):
-  dataset = _shapes_split(tmp_path)
-  assert any(r.is_crowd.any() for r in dataset.records)  # crowd regions are present
-  bbox_results, segm_results = _gt_as_results(dataset)
-  from_file = metrics_lib.ground_truth(dataset)
-  _assert_perfect(metrics_lib.coco_metrics(from_file, bbox_results, segm_results,
-                                           _names(dataset)))
-  # The TFDS path: the same split rebuilt from its records.
-  no_file = dataclasses.replace(dataset, annotation_file=str(tmp_path / 'tfds val'))
-  from_records = metrics_lib.ground_truth(no_file)
-  assert len(from_records.dataset["annotations"]) == len(from_file.dataset["annotations"])
-  _assert_perfect(metrics_lib.coco_metrics(from_records, bbox_results, segm_results,
-                                           _names(dataset)))
-
-
-def test_ground_truth_as_predictions_scores_one_on_real_coco(coco_tiny):
-  dataset = coco.load_coco(coco_tiny / 'annotations' / 'instances_val2017.json',
-                           coco_tiny / 'val2017', filter_empty=False)
-  assert sum(int(r.is_crowd.sum()) for r in dataset.records) == 5
-  bbox_results, segm_results = _gt_as_results(dataset)
-  _assert_perfect(metrics_lib.coco_metrics(metrics_lib.ground_truth(dataset), bbox_results,
-                                           segm_results, _names(dataset)))
-
-
-def _known_detections(dataset):
-  """Hits (shifted boxes and masks), misses, a duplicate and a wrong class, scored."""
-  rng = np.random.default_rng(0)
-  bbox_results, segm_results = [], []
-  for record in dataset.records:
-    masks = mask_decoding.decode_masks(record)
-    for i in np.flatnonzero(~record.is_crowd):
-      category = dataset.category_ids[record.classes[i] - 1]
-      x1, y1, x2, y2 = record.boxes[i].tolist()
-      shift = int(rng.integers(0, 4))
-      kinds = [('hit', category, shift)]
-      if i % 3 == 0:
-        kinds.append(('duplicate', category, shift + 1))
-      if i % 4 == 1:
-        wrong = dataset.category_ids[record.classes[i] % dataset.num_classes]
-        kinds.append(('wrong class', wrong, 0))
-      for _, category_id, dx in kinds:
-        common = {'image_id': record.image_id, 'category_id': category_id,
-                  'score': float(rng.uniform(0.05, 1.0))}
-        bbox_results.append(dict(common, bbox=[x1 + dx, y1, x2 - x1, y2 - y1]))
-        segm_results.append(dict(common, segmentation=_encode_mask(
-            np.roll(masks[i] > 0, dx, axis=1))))
-    # A miss: a box and mask in the top-left corner.
-    common = {'image_id': record.image_id, 'category_id': dataset.category_ids[0],
-              'score': float(rng.uniform(0.05, 1.0))}
-    miss = np.zeros((record.height, record.width), bool)
-    miss[:6, :6] = True
-    bbox_results.append(dict(common, bbox=[0.0, 0.0, 6.0, 6.0]))
-    segm_results.append(dict(common, segmentation=_encode_mask(miss)))
-  return bbox_results, segm_results
-
-
-def _pycocotools_stats(coco_gt, results, iou_type, category_ids=None):
-  evaluator = COCOeval(coco_gt, coco_gt.loadRes(json.loads(json.dumps(results))), iou_type)
-  if category_ids is not None:
-    evaluator.params.catIds = category_ids
-  evaluator.evaluate()
-  evaluator.accumulate()
-  evaluator.summarize()
-  return evaluator.stats
-
-
-def test_known_detections_give_pycocotools_numbers(tmp_path):
-  dataset = _shapes_split(tmp_path)
-  bbox_results, segm_results = _known_detections(dataset)
-  coco_gt = COCO(dataset.annotation_file)
-  metrics = metrics_lib.coco_metrics(metrics_lib.ground_truth(dataset), bbox_results, segm_results,
-                                     _names(dataset))
-  for iou_type, results in (('bbox', bbox_results), ('segm', segm_results)):
-    stats = _pycocotools_stats(coco_gt, results, iou_type)
-    np.testing.assert_allclose([metrics[iou_type][n] for n in metrics_lib.STAT_NAMES], stats,
-                               rtol=0, atol=1e-12)
-    assert 0.1 < metrics[iou_type]['AP'] < 0.9, metrics[iou_type]['AP']
-    for category_id, name in _names(dataset).items():
-      expected = _pycocotools_stats(coco_gt, results, iou_type, [category_id])[0]
-      assert metrics[iou_type]['per_category'][name] == pytest.approx(expected, abs=1e-12)
-  # The ground truth rebuilt from the records (TFDS path) gives the same numbers.
-  no_file = dataclasses.replace(dataset, annotation_file=str(tmp_path / 'tfds val'))
-  assert metrics_lib.coco_metrics(metrics_lib.ground_truth(no_file), bbox_results, segm_results,
-                                  _names(dataset)) == metrics
-
-
-def test_no_detections_give_zeros(tmp_path):
-  dataset = _shapes_split(tmp_path, num_images=4)
-  metrics = metrics_lib.coco_metrics(metrics_lib.ground_truth(dataset), [], [], _names(dataset))
-  for iou_type in metrics_lib.IOU_TYPES:
-    assert metrics[iou_type]['AP'] == 0.0 and metrics[iou_type]['AR100'] == 0.0
-  flat = metrics_lib.flat_metrics(metrics)
-  assert set(flat) == {f'{t}/{n}' for t in metrics_lib.IOU_TYPES for n in metrics_lib.STAT_NAMES}
+from tests.evaluation.test_metrics import _shapes_split
+from tests.train.test_train import tiny_config
 
 
 def test_model_classes_map_to_category_ids(tmp_path):
@@ -206,6 +72,7 @@ def _random_variables(config):
   return jax.tree_util.tree_map_with_path(fill, shapes_tree)
 
 
+@pytest.mark.slow
 def test_evaluator_matches_a_per_image_predictor_loop(tmp_path):
   config = _eval_config(tmp_path / 'data')
   variables = _random_variables(config)
@@ -255,11 +122,12 @@ def _config_file(tmp_path):
   path.write_text(
       'import sys\n'
       f'sys.path.insert(0, {str(REPO_ROOT)!r})\n'
-      'from tests.test_evaluate import _eval_config\n'
+      'from tests.evaluation.test_evaluator import _eval_config\n'
       f'def get_config():\n  return _eval_config({str(tmp_path / "data")!r})\n')
   return path
 
 
+@pytest.mark.slow
 def test_script_evaluates_a_checkpoint_and_names_a_missing_one(tmp_path):
   config_file = _config_file(tmp_path)
   config = _eval_config(tmp_path / 'data')
@@ -278,43 +146,6 @@ def test_script_evaluates_a_checkpoint_and_names_a_missing_one(tmp_path):
                           capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert str(missing) in result.stderr
-
-
-def test_metrics_of_each_step_are_kept(tmp_path):
-  for step, ap in ((100, 0.25), (50, 0.125), (200, 0.5)):
-    metrics_lib.write_metrics(str(tmp_path), {'bbox': {'AP': ap}, 'step': step,
-                                              'checkpoint': f'ckpt/{step}'})
-  assert json.loads((tmp_path / 'metrics.json').read_text())['step'] == 200  # the latest
-  by_step = json.loads((tmp_path / 'metrics_by_step.json').read_text())
-  assert list(by_step) == ['50', '100', '200']
-  assert [m['bbox']['AP'] for m in by_step.values()] == [0.125, 0.25, 0.5]
-  assert json.loads((tmp_path / 'metrics_50.json').read_text())['checkpoint'] == 'ckpt/50'
-
-
-def test_script_evaluates_results_files_without_a_model(tmp_path):
-  dataset = _shapes_split(tmp_path)
-  bbox_results, segm_results = _known_detections(dataset)
-  paths = [tmp_path / 'results_bbox.json', tmp_path / 'results_segm.json']
-  for path, results in zip(paths, (bbox_results, segm_results)):
-    path.write_text(json.dumps(results))
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  command = [sys.executable, 'scripts/evaluate.py', '--results', str(paths[0]),
-             str(paths[1]), f'--annotations={dataset.annotation_file}']
-  result = subprocess.run(command + [f'--workdir={tmp_path / "eval"}', '--engine=pycocotools'],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
-  expected = metrics_lib.coco_metrics(metrics_lib.ground_truth(dataset), bbox_results,
-                                      segm_results, _names(dataset), 'pycocotools')
-  for iou_type in metrics_lib.IOU_TYPES:
-    assert written[iou_type] == expected[iou_type]
-  assert written['results_files'] == [str(p) for p in paths]
-  assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all' in result.stdout
-  (tmp_path / 'bad.json').write_text('[{"image_id": 1}]')
-  result = subprocess.run(command[:3] + [str(tmp_path / 'bad.json')] + command[4:],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode != 0
-  assert "bad.json: entry 0 has no 'category_id'" in result.stderr
 
 
 def test_transposed_detections_give_the_untransposed_results():
@@ -337,8 +168,7 @@ def test_transposed_detections_give_the_untransposed_results():
   assert mask_util.decode(plain[1][0]['segmentation']).shape == (96, 64)
 
 
-
-
+@pytest.mark.slow
 def test_predictor_runs_each_canvas_once_and_undoes_the_transpose(tmp_path):
   config = _eval_config(tmp_path / 'data')
   d = config.data
@@ -391,6 +221,7 @@ def _mixed_orientation_split(root):
   return str(path), str(root / 'val')
 
 
+@pytest.mark.slow
 def test_evaluator_on_two_canvases_matches_the_predictor(tmp_path):
   config = _eval_config(tmp_path / 'data')
   d = config.data

@@ -76,6 +76,7 @@ def test_a_non_rgb_input_is_named():
     serving.check_image(np.zeros((5, 5), np.uint8), 'image 4')
 
 
+@pytest.mark.slow
 def test_postprocess_matches_the_predictor(model_and_variables):
   config, model, variables = model_and_variables
   images = _images()
