@@ -1,7 +1,7 @@
 """Where one image goes on its canvas: resize, flip, crop (host side, NumPy, no pixels).
 
 `draw_geometry` decides, from the original size, the config and (for training) a
-NumPy generator, a `Geometry`; data/pipeline.py applies it to the pixels, boxes and masks.
+NumPy generator, a `Geometry`; data/examples.py applies it to the pixels, boxes and masks.
 
 - Evaluation (no generator): the test resize (`data.resize_mode`, `data.min_size`), no
   flip, no crop.

@@ -10,10 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
+from maskrcnn_jax.data import examples
 from maskrcnn_jax.data import transforms
 from maskrcnn_jax.evaluation import region_masks
-
-PADDING_IMAGE_ID = -1  # data.pipeline.PADDING_IMAGE_ID (that module is not imported here)
 
 
 def image_results(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
@@ -74,7 +73,7 @@ def batch_results(outputs: dict[str, np.ndarray], original_hw: Sequence[Sequence
   """
   bbox_results, segm_results = [], []
   for i, image_id in enumerate(outputs['image_id']):
-    if image_id == PADDING_IMAGE_ID:
+    if image_id == examples.PADDING_IMAGE_ID:
       continue
     keep = np.asarray(outputs['valid'][i], bool)
     boxes, segms = image_results(

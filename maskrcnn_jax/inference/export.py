@@ -3,7 +3,7 @@
 A fixed-shape model exports whole: uint8 images on one canvas and their image_info in;
 fixed-size detections (boxes, scores, classes, mask probabilities, valid flags) out. The
 host work around it (resize, transpose and pad before; transpose back, rescale and paste
-after) is the plain functions of maskrcnn_jax/serving.py, which `Predictor` calls around
+after) is the plain functions of inference/serving.py, which `Predictor` calls around
 its jitted forward and `predict` calls around an artifact.
 
 An artifact is a folder:

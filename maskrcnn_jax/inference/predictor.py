@@ -33,7 +33,7 @@ class Predictor:
   function, compiled once per padded batch shape (one per canvas); resizing,
   transposing portraits onto landscape canvases, undoing that on the outputs, rescaling
   boxes and pasting masks happen on the host, in the plain functions of
-  maskrcnn_jax/serving.py that a server calls around an exported artifact.
+  inference/serving.py that a server calls around an exported artifact.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, variables: Any,

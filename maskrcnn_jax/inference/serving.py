@@ -1,7 +1,7 @@
 """Host pre- and post-processing around the compiled forward: what a server calls.
 
 The device program (a jitted `MaskRCNN.apply`, or an exported artifact of
-maskrcnn_jax/export.py) takes resized, zero-padded uint8 images on one canvas and their
+inference/export.py) takes resized, zero-padded uint8 images on one canvas and their
 image_info rows, and returns fixed-size detections in the canvas frame. These plain
 NumPy functions are the steps around it:
 

@@ -10,6 +10,7 @@ from pycocotools import mask as mask_util
 import pytest
 
 from benchmarks import evaluation as eval_benchmark
+from maskrcnn_jax.data import examples
 from maskrcnn_jax.data import transforms
 from maskrcnn_jax.evaluation import coco_results
 from maskrcnn_jax.evaluation import region_masks
@@ -148,7 +149,7 @@ def test_region_runs_of_random_regions():
 
 def test_batch_results_drop_padding_and_match_per_image_results():
   outputs, original_hw = eval_benchmark.synthetic_outputs(3, per_image=7, seed=2)
-  outputs['image_id'][1] = coco_results.PADDING_IMAGE_ID
+  outputs['image_id'][1] = examples.PADDING_IMAGE_ID
   outputs['valid'][2, 3:] = False
   category_ids = list(range(1, eval_benchmark.NUM_CATEGORIES + 1))
   boxes, segms = coco_results.batch_results(outputs, original_hw, category_ids, 0.5, 'bilinear')
