@@ -1,8 +1,9 @@
-"""References in plain NumPy/Python loops, written from the definitions, and the random
-masks they are tried on.
+"""References in plain NumPy/Python loops, written from the definitions, the random masks
+they are tried on, and how detections are matched to a recorded reference.
 
-Shared by the tests of ops/ (boxes, NMS, mask targets), model/ (rpn, postprocess) and
-data/ (mask crops) and inference/ (paste), so that each definition is written once.
+Shared by the tests of ops/ (boxes, NMS, mask targets), model/ (rpn, postprocess,
+Keypoint R-CNN), data/ (mask crops) and inference/ (paste, the torchvision and
+Detectron2 predictors), so that each definition is written once.
 """
 
 import math
@@ -75,3 +76,24 @@ def random_blob_mask(rng, height, width):
     radius = rng.uniform(1, max(height, width, 6) / 3)
     mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2
   return mask.astype(np.uint8)
+
+
+def match_boxes(ours: np.ndarray, reference: np.ndarray, atol: float) -> np.ndarray:
+  """Index into `ours` of the box within `atol` px of each reference box, one to one.
+
+  Both lists are sorted by score; scores equal to ~1e-7 may come in either order (the
+  sort of near-ties is not defined), so boxes are matched rather than compared in order.
+  """
+  distance = np.abs(ours[:, None, :] - reference[None, :, :]).max(-1)
+  match = distance.argmin(0)
+  assert np.all(distance[match, np.arange(len(reference))] <= atol), (
+      f'{np.sum(distance.min(0) > atol)} of {len(reference)} reference boxes have no box '
+      f'within {atol} px; distances {distance.min(0)}')
+  assert len(set(match.tolist())) == len(match), 'two reference boxes match one of ours'
+  return match
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+  """Intersection over union of two boolean masks (1.0 when both are empty)."""
+  union = np.logical_or(a, b).sum()
+  return 1.0 if union == 0 else np.logical_and(a, b).sum() / union

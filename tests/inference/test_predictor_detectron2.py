@@ -12,6 +12,7 @@ import pytest
 
 from maskrcnn_jax import convert
 from maskrcnn_jax.inference.predictor import Predictor
+from tests import numpy_reference
 from tests.conftest import FIXTURES
 from tests.conftest import reduced_detectron2_config
 from tests.tools import seeded_weights
@@ -44,20 +45,6 @@ def detections(predictor, recorded):
   return [predictor(recorded[f'image_{i}']) for i in range(NUM_IMAGES)]
 
 
-def _mask_iou(a, b):
-  union = np.logical_or(a, b).sum()
-  return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
-
-
-def _match(ours, reference, atol):
-  """Index into `ours` of the box within `atol` px of each reference box, one to one."""
-  distance = np.abs(ours[:, None, :] - reference[None, :, :]).max(-1)
-  match = distance.argmin(0)
-  assert np.all(distance[match, np.arange(len(reference))] <= atol), (
-      f'{np.sum(distance.min(0) > atol)} of {len(reference)} reference boxes have no box '
-      f'within {atol} px; distances {distance.min(0)}')
-  assert len(set(match.tolist())) == len(match), 'two reference boxes match one of ours'
-  return match
 
 
 @pytest.mark.slow  # two compilations of the model (~2 min on 2 loaded cores)
@@ -71,12 +58,13 @@ def test_same_detections_as_detectron2(detections, recorded, index):
   masks = masks.reshape(len(boxes), height, width).astype(bool)
   assert len(boxes) > 0
   assert len(ours['boxes']) == len(boxes), (ours['scores'], scores)
-  match = _match(ours['boxes'], boxes, atol=0.5)
+  match = numpy_reference.match_boxes(ours['boxes'], boxes, atol=0.5)
   np.testing.assert_array_equal(ours['classes'][match], classes)
   np.testing.assert_allclose(ours['scores'][match], scores, atol=1e-3, rtol=0)
   assert ours['masks'].shape == masks.shape
   for j, (a, b) in enumerate(zip(ours['masks'][match], masks)):
     # A mask of a few dozen pixels is below 0.98 with one pixel flipped (measured: 41 of
     # 42 on image 0); count those as equal when a single pixel differs.
-    assert _mask_iou(a, b) >= 0.98 or np.sum(a != b) <= 1, (
-        f'mask {j}: IoU {_mask_iou(a, b):.4f}, {np.sum(a != b)} pixels differ')
+    iou = numpy_reference.mask_iou(a, b)
+    assert iou >= 0.98 or np.sum(a != b) <= 1, (
+        f'mask {j}: IoU {iou:.4f}, {np.sum(a != b)} pixels differ')

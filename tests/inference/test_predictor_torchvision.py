@@ -18,6 +18,7 @@ from maskrcnn_jax import checkpoint
 from maskrcnn_jax import convert
 from maskrcnn_jax.inference.predictor import Predictor
 from maskrcnn_jax.model import mask_rcnn
+from tests import numpy_reference
 from tests.conftest import FIXTURES
 from tests.conftest import load_config
 from tests.conftest import REPO_ROOT
@@ -89,24 +90,6 @@ def detections(predictor, recorded):
   return [predictor(recorded[f'image_{i}']) for i in range(NUM_IMAGES)]
 
 
-def _mask_iou(a, b):
-  union = np.logical_or(a, b).sum()
-  return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
-
-
-def _match(ours: np.ndarray, reference: np.ndarray, atol: float) -> np.ndarray:
-  """Index into `ours` of the box within `atol` px of each reference box, one to one.
-
-  Both lists are sorted by score; scores equal to ~1e-7 may come in either order (the
-  sort of near-ties is not defined), so boxes are matched rather than compared in order.
-  """
-  distance = np.abs(ours[:, None, :] - reference[None, :, :]).max(-1)
-  match = distance.argmin(0)
-  assert np.all(distance[match, np.arange(len(reference))] <= atol), (
-      f'{np.sum(distance.min(0) > atol)} of {len(reference)} reference boxes have no box '
-      f'within {atol} px')
-  assert len(set(match.tolist())) == len(match), 'two reference boxes match one of ours'
-  return match
 
 
 @pytest.mark.slow
@@ -120,11 +103,11 @@ def test_same_detections_as_torchvision(detections, recorded, index):
   masks = masks.reshape(len(boxes), height, width).astype(bool)
 
   assert len(ours['boxes']) == len(boxes)
-  match = _match(ours['boxes'], boxes, atol=0.05)
+  match = numpy_reference.match_boxes(ours['boxes'], boxes, atol=0.05)
   np.testing.assert_array_equal(ours['classes'][match], labels)
   np.testing.assert_allclose(ours['scores'][match], scores, atol=1e-4, rtol=0)
   assert ours['masks'].shape == masks.shape
-  ious = [_mask_iou(a, b) for a, b in zip(ours['masks'][match], masks)]
+  ious = [numpy_reference.mask_iou(a, b) for a, b in zip(ours['masks'][match], masks)]
   assert min(ious) >= 0.99, f'worst mask IoU {min(ious):.4f}'
 
 
@@ -164,4 +147,4 @@ def test_same_proposals_as_torchvision(stages, recorded, index):
   reference = recorded[f'proposals_{index}']
   ours = stages[index]['proposals'][0][stages[index]['proposal_valid'][0]]
   assert len(ours) == len(reference)
-  _match(ours, reference, atol=0.05)
+  numpy_reference.match_boxes(ours, reference, atol=0.05)

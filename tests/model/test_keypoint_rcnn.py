@@ -18,6 +18,7 @@ from maskrcnn_jax.inference.predictor import Predictor
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.model import poolers
 from maskrcnn_jax.ops import keypoints as keypoint_ops
+from tests import numpy_reference
 from tests.conftest import FIXTURES
 from tests.conftest import load_config
 from tests.tools import record_torchvision_keypointrcnn as recorder
@@ -83,16 +84,6 @@ def detections(predictor, recorded):
   return [predictor(recorded[f'image_{i}']) for i in range(NUM_IMAGES)]
 
 
-def _match(ours: np.ndarray, reference: np.ndarray, atol: float) -> np.ndarray:
-  """Index into `ours` of the box within `atol` px of each reference box, one to one."""
-  distance = np.abs(ours[:, None, :] - reference[None, :, :]).max(-1)
-  match = distance.argmin(0)
-  assert np.all(distance[match, np.arange(len(reference))] <= atol), (
-      f'{np.sum(distance.min(0) > atol)} of {len(reference)} reference boxes have no box '
-      f'within {atol} px')
-  assert len(set(match.tolist())) == len(match), 'two reference boxes match one of ours'
-  return match
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize('index', range(NUM_IMAGES))
@@ -101,7 +92,7 @@ def test_same_boxes_and_keypoints_as_torchvision(detections, recorded, index):
   boxes = recorded[f'boxes_{index}']
   assert 'masks' not in ours
   assert len(ours['boxes']) == len(boxes)
-  match = _match(ours['boxes'], boxes, atol=0.05)
+  match = numpy_reference.match_boxes(ours['boxes'], boxes, atol=0.05)
   np.testing.assert_allclose(ours['scores'][match], recorded[f'scores_{index}'], atol=1e-4,
                              rtol=0)
   keypoints = ours['keypoints'][match]
