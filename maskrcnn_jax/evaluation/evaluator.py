@@ -113,7 +113,7 @@ class Evaluator:
       return dict(outputs, image_info=image_info, image_id=image_id)
 
     replicated, sharded = distributed.replicated(mesh), distributed.batch_sharding(mesh)
-    self.forward = compiler.jit(forward,
+    self.forward = compiler.jit(forward, compiler.mesh_platform(mesh),
                                 in_shardings=(replicated, sharded, sharded, sharded),
                                 out_shardings=replicated)
 

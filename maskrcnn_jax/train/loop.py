@@ -20,6 +20,7 @@ from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import structures
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import metrics as metrics_lib
+from maskrcnn_jax.runtime import compiler
 from maskrcnn_jax.runtime import distributed
 from maskrcnn_jax.train import divergence
 from maskrcnn_jax.train import log as train_log
@@ -143,7 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir_lib.save_run_files(workdir, config, train_set.category_ids,
                                train_set.class_names, train_set.annotation_file)
   init_key, step_key = jax.random.split(jax.random.key(t.seed))
-  model, optimizer, state = step_lib.create_train_state(config, init_key)
+  model, optimizer, state = step_lib.create_train_state(config, init_key,
+                                                         compiler.mesh_platform(mesh))
   if last_step is not None:
     state = checkpoint.restore_train_state(checkpoint_dir, last_step,
                                            distributed.replicate(state, mesh))

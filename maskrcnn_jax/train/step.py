@@ -1,8 +1,8 @@
 """The train step: one SGD step of the whole model, jitted once and sharded over the mesh.
 
-`create_train_state` builds the model (with this backend's op forms,
-runtime/compiler.py), its optimizer and a fresh `TrainState`; `jit_train_step` compiles
-`train_step` with the state replicated and the batch split over the 'data' axis.
+`create_train_state` builds the model (with the op forms of the platform it is compiled
+for, runtime/compiler.py), its optimizer and a fresh `TrainState`; `jit_train_step`
+compiles `train_step` with the state replicated and the batch split over the 'data' axis.
 """
 
 import functools
@@ -35,29 +35,41 @@ def init_variables(model: mask_rcnn.MaskRCNN, image_size: tuple[int, int],
                    key: jax.Array) -> dict[str, Any]:
   """Fresh {'params', 'batch_stats'} of `model` for padded [H, W] = `image_size` inputs.
 
-  Compiled: initialising op by op takes a minute for ResNet-50 on a 2-core CPU.
+  Compiled (initialising op by op takes a minute for ResNet-50 on a 2-core CPU) without
+  compiler options, so that it also runs inside `jax.eval_shape`.
   """
   height, width = image_size
-  init = compiler.jit(model.init)
+  init = jax.jit(model.init)
   return init(key, np.zeros((1, height, width, 3), np.uint8),
               np.array([[height, width, 1.0, 0.0, 0.0]], np.float32))
 
 
-def create_train_state(config: ml_collections.ConfigDict, key: jax.Array
-                       ) -> tuple[mask_rcnn.MaskRCNN, optax.GradientTransformation, TrainState]:
-  """The model, its optimizer and a freshly initialised state for `config`.
+def training_model(config: ml_collections.ConfigDict, platform: str | None = None
+                   ) -> mask_rcnn.MaskRCNN:
+  """The model of `config` with `platform`'s RoIAlign form under differentiation
+  (`compiler.roi_align_sum_in_loop`; None: the default backend's)."""
+  return mask_rcnn.MaskRCNN(config.model,
+                            roi_align_sum_in_loop=compiler.roi_align_sum_in_loop(platform))
 
-  The model takes this backend's RoIAlign form (`compiler.roi_align_sum_in_loop`).
-  """
-  model = mask_rcnn.MaskRCNN(config.model,
-                             roi_align_sum_in_loop=compiler.roi_align_sum_in_loop())
+
+def new_train_state(optimizer: optax.GradientTransformation, variables: dict[str, Any]
+                    ) -> TrainState:
+  """Step 0 of training from `variables` ({'params', 'batch_stats'})."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                    batch_stats=variables.get('batch_stats', {}),
+                    opt_state=optimizer.init(variables['params']))
+
+
+def create_train_state(config: ml_collections.ConfigDict, key: jax.Array,
+                       platform: str | None = None
+                       ) -> tuple[mask_rcnn.MaskRCNN, optax.GradientTransformation, TrainState]:
+  """The model (`training_model(config, platform)`), its optimizer and a freshly
+  initialised state for `config`."""
+  model = training_model(config, platform)
   variables = init_variables(model, tuple(config.data.image_size), key)
   optimizer = optimizer_lib.make_optimizer(config.train, variables['params'],
                                            config.model.backbone.freeze_at)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                     batch_stats=variables.get('batch_stats', {}),
-                     opt_state=optimizer.init(variables['params']))
-  return model, optimizer, state
+  return model, optimizer, new_train_state(optimizer, variables)
 
 
 def train_step(model: mask_rcnn.MaskRCNN, optimizer: optax.GradientTransformation,
@@ -85,11 +97,13 @@ def train_step(model: mask_rcnn.MaskRCNN, optimizer: optax.GradientTransformatio
 
 def jit_train_step(model: mask_rcnn.MaskRCNN, optimizer: optax.GradientTransformation,
                    train: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  """`train_step` compiled once: state and key replicated, batch sharded on 'data'."""
+  """`train_step` compiled once for the devices of `mesh`: state and key replicated,
+  batch sharded on 'data'."""
   replicated = distributed.replicated(mesh)
   return compiler.jit(
       functools.partial(train_step, model, optimizer,
                         optimizer_lib.learning_rate_schedule(train)),
+      platform=compiler.mesh_platform(mesh),
       in_shardings=(replicated, distributed.batch_sharding(mesh), replicated),
       out_shardings=(replicated, replicated), donate_argnums=0)
 

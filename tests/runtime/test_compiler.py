@@ -1,6 +1,7 @@
-"""runtime/compiler.py: options a jaxlib rejects are dropped with a warning; other backends
-get no options and the unrolled RoIAlign. (What the CPU options do to the compiled
-program: test_compiled_programs.py.)"""
+"""runtime/compiler.py: options a jaxlib rejects are dropped with a warning; other
+platforms get no options and the unrolled RoIAlign, chosen by the platform a program is
+compiled for, not the process's default backend. (What the CPU options do to the
+compiled program: test_compiled_programs.py.)"""
 
 import logging
 
@@ -26,3 +27,12 @@ def test_other_backends_get_no_options_and_the_unrolled_roi_align(monkeypatch):
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert compiler.compiler_options() is None
   assert not compiler.roi_align_sum_in_loop()
+
+
+def test_choices_follow_the_platform_compiled_for_not_the_default_backend():
+  """A CPU process compiling for TPU devices gets TPU choices, and the reverse."""
+  assert compiler.compiler_options('tpu') is None
+  assert not compiler.roi_align_sum_in_loop('tpu')
+  assert compiler.roi_align_sum_in_loop('cpu')
+  mesh = jax.make_mesh((1,), ('data',))
+  assert compiler.mesh_platform(mesh) == jax.default_backend()

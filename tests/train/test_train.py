@@ -292,7 +292,7 @@ class _Compiled(Exception):
 
 
 def _stop_at_compile(monkeypatch):
-  def create_train_state(config, key):
+  def create_train_state(config, key, platform=None):
     raise _Compiled()
   monkeypatch.setattr(step_lib, 'create_train_state', create_train_state)
 
