@@ -181,11 +181,10 @@ def _sum_of_terms(flat_features, index, weight, in_loop: bool):
 
   total = jnp.zeros(index.shape[1:] + flat_features.shape[-1:], dtype)
   if in_loop:
-    total = jax.lax.fori_loop(0, index.shape[0], add_term, total)
-  else:
-    for term in range(index.shape[0]):
-      total = add_term(term, total)
-  return _rois_first(total)
+    return jax.lax.fori_loop(0, index.shape[0], add_term, total)
+  for term in range(index.shape[0]):
+    total = add_term(term, total)
+  return total
 
 
 def _accumulation_dtype(dtype):
@@ -198,19 +197,10 @@ def _weighted_gather_forward(flat_features, index, weight, sum_in_loop):
 
 
 def _terms_first(x):
-  """[R, S, G, S, G, 4] -> [G * G * 4, S, S, R]: one [S, S, R] slice per neighbour term.
-
-  The RoIs are the last axis: TPU tiles an array's last two axes by (8, 128), where a
-  trailing [7, 7] would take 18x its size and [7, R] takes 8/7.
-  """
+  """[R, S, G, S, G, 4] -> [G * G * 4, R, S, S]: one [R, S, S] slice per neighbour term."""
   rois, size, g_y, _, g_x, neighbours = x.shape
-  terms = g_y * g_x * neighbours
-  return jnp.transpose(x, (2, 4, 5, 1, 3, 0)).reshape(terms, size, size, rois)
-
-
-def _rois_first(x):
-  """[S, S, R, C] -> [R, S, S, C]."""
-  return jnp.transpose(x, (2, 0, 1, 3))
+  return jnp.transpose(x, (2, 4, 5, 0, 1, 3)).reshape(g_y * g_x * neighbours, rois, size,
+                                                     size)
 
 
 def _weighted_gather_backward(sum_in_loop, residuals, output_grad):
@@ -221,8 +211,6 @@ def _weighted_gather_backward(sum_in_loop, residuals, output_grad):
 
   # One term per iteration (a static trip count): XLA would otherwise compute every
   # term's [R, S, S, C] update before the first scatter.
-  output_grad = jnp.transpose(output_grad, (1, 2, 0, 3))  # [S, S, R, C]
-
   def add_term(term, grad):
     return grad.at[index[term]].add(weight[term][..., None] * output_grad)
 
