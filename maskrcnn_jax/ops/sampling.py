@@ -18,6 +18,9 @@ def _random_candidates(key: jax.Array, candidates: jax.Array, k: int) -> jax.Arr
   num = candidates.shape[0]
   # Non-candidates get priority -1, below every uniform [0, 1) draw.
   priority = jnp.where(candidates, jax.random.uniform(key, (num,)), -1.0)
+  # Unfused from the random draws: XLA:TPU takes 84 s to compile the fused top-k over an
+  # image's 279k anchors, 2.6 s this way (docs/benchmarks.md, "TPU ahead of time").
+  priority = jax.lax.optimization_barrier(priority)
   _, indices = jax.lax.top_k(priority, min(k, num))
   return jnp.pad(indices.astype(jnp.int32), (0, k - min(k, num)))
 
