@@ -47,8 +47,9 @@ import ml_collections
 import numpy as np
 
 from benchmarks import machine
+from benchmarks import main as benchmarks_main
+from benchmarks import model_step
 from benchmarks import tables
-from maskrcnn_jax import config as config_lib
 from maskrcnn_jax.data import examples
 from maskrcnn_jax.inference import export
 from maskrcnn_jax.model import mask_rcnn
@@ -160,8 +161,8 @@ def lower_export(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   """The serving artifact's program (`export.export_stablehlo` for TPU, weights inside)
   as a server loading it compiles it, on one chip."""
   model = mask_rcnn.MaskRCNN(config.model)
-  variables = jax.jit(functools.partial(step_lib.init_variables, model,
-                                        tuple(config.data.image_size)))(jax.random.key(0))
+  variables = step_lib.init_variables(model, tuple(config.data.image_size),
+                                      jax.random.key(0))
   exported = export.export_stablehlo(config, variables, batch_size, platforms=('tpu',))
   device = jax.sharding.SingleDeviceSharding(mesh.devices.flat[0])
   inputs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device) for a in exported.in_avals]
@@ -290,51 +291,26 @@ def markdown_row(config_name: str, r: dict[str, Any]) -> list[str]:
           str(r['host_transfers']), calls]
 
 
-def case_config(path_and_arg: str, batch_per_chip: int, dtype: str,
-                canvas: tuple[int, int] | None) -> ml_collections.ConfigDict:
-  """The config file (`path` or `path:arg`) with its dtype and, given one, its main canvas
-  set to `canvas` (the other canvases dropped)."""
-  path, _, arg = path_and_arg.partition(':')
-  config = config_lib.load_config_file(path, arg or None)
-  config.model.dtype = dtype
-  config.train.batch_size = batch_per_chip
-  config.eval.pad_to_multiple = 0
-  if canvas is not None:
-    config.data.image_size = canvas
-    for key, value in (('extra_canvases', ()), ('transpose_portrait', False)):
-      if key in config.data:
-        config.data[key] = value
-  return config
-
-
-def _list(kind, choices=None):
+def _choices(choices):
+  """An argparse type: a comma-separated list of `choices`."""
   def parse(text):
-    values = [kind(v) for v in text.split(',') if v]
-    bad = [v for v in values if choices is not None and v not in choices]
-    if not values or bad:
-      raise argparse.ArgumentTypeError(f'{text!r}: expected a comma-separated list'
-                                       + (f' of {", ".join(choices)}' if choices else ''))
+    values = [v for v in text.split(',') if v]
+    if not values or any(v not in choices for v in values):
+      raise argparse.ArgumentTypeError(f'{text!r}: expected a comma-separated list of '
+                                       f'{", ".join(choices)}')
     return values
   return parse
-
-
-def _canvas(text: str) -> tuple[int, int]:
-  try:
-    height, width = (int(v) for v in text.lower().split('x'))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'--canvas must look like 832x1088; got {text!r}')
-  return height, width
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', required=True, help='config file, path or path:arg')
-  parser.add_argument('--program', type=_list(str, PROGRAMS), default=['train'])
-  parser.add_argument('--chip', type=_list(str, tuple(CHIPS)), default=['v5e'])
-  parser.add_argument('--batch', type=_list(int), default=[2], help='images per chip')
-  parser.add_argument('--dtype', type=_list(str, ('bfloat16', 'float32')),
-                      default=['bfloat16'])
-  parser.add_argument('--canvas', type=_canvas, default=None,
+  parser.add_argument('--program', type=_choices(PROGRAMS), default=['train'])
+  parser.add_argument('--chip', type=_choices(tuple(CHIPS)), default=['v5e'])
+  parser.add_argument('--batch', type=benchmarks_main.parse_batches, default=[2],
+                      help='images per chip')
+  parser.add_argument('--dtype', type=benchmarks_main.parse_dtypes, default=['bfloat16'])
+  parser.add_argument('--canvas', type=benchmarks_main.parse_image_size, default=None,
                       help='HxW padded input (default: the config\'s main canvas)')
   parser.add_argument('--output', default='', help='append one JSON line per case here')
   parser.add_argument('--markdown', default='', help='append one table row per case here')
@@ -361,7 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     for program in args.program:
       for dtype in args.dtype:
         for batch in args.batch:
-          config = case_config(args.config, batch, dtype, args.canvas)
+          config = model_step.load_case_config(args.config, 'train', batch, args.canvas,
+                                               dtype)
           hlo_path = ''
           if args.hlo_dir:
             os.makedirs(args.hlo_dir, exist_ok=True)

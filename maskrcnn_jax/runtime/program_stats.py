@@ -117,14 +117,20 @@ def host_transfers(hlo_text: str) -> int:
   return sum(1 for line in hlo_text.splitlines() if _HOST_TRANSFER.search(line))
 
 
+def _cost(compiled) -> dict[str, float]:
+  """`compiled.cost_analysis()` as one dict (older jax: one dict per computation)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return cost or {}
+
+
 def compiled_stats(compiled) -> CompiledStats:
   """Stats of a `jax.stages.Compiled` (`jax.jit(f).lower(...).compile()`)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
-    cost = cost[0] if cost else {}
+  cost = _cost(compiled)
   memory = compiled.memory_analysis()
   return CompiledStats(
-      flops=float((cost or {}).get('flops', 0.0)),
+      flops=float(cost.get('flops', 0.0)),
       temp_bytes=int(getattr(memory, 'temp_size_in_bytes', 0)),
       argument_bytes=int(getattr(memory, 'argument_size_in_bytes', 0)),
       output_bytes=int(getattr(memory, 'output_size_in_bytes', 0)),
@@ -139,10 +145,7 @@ def accelerator_stats(compiled) -> dict[str, Any]:
   FLOPs and bytes accessed count each while-loop body once.
   """
   memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  cost = cost or {}
+  cost = _cost(compiled)
   hlo = compiled.as_text()
   loops = while_loops(hlo)
   sizes = {key: int(getattr(memory, f'{key}_size_in_bytes', 0))

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import model_step
 from benchmarks import tpu_aot
 from maskrcnn_jax.data import examples
 from maskrcnn_jax.model import mask_rcnn
@@ -25,7 +26,8 @@ BATCH_PER_CHIP = 2
 
 @pytest.fixture(scope='module')
 def config():
-  return tpu_aot.case_config('configs/tiny.py', BATCH_PER_CHIP, 'float32', None)
+  return model_step.load_case_config('configs/tiny.py', 'train', BATCH_PER_CHIP, None,
+                                     'float32')
 
 
 def _nbytes(tree) -> int:
