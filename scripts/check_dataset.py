@@ -6,7 +6,10 @@
 
 Prints the count of each problem (missing fields, unknown ids, degenerate boxes, bad
 segmentations, unreadable images, size mismatches; see maskrcnn_jax/data/coco_check.py)
-with the first few of each, and exits with status 1 if there is any.
+with the first few of each, and exits with status 1 if there is any. Notices, which do
+not stop training, follow with their first few: annotations without segmentation (box
+only), 16-bit images (scaled to 8 bits), images with an EXIF orientation other than 1
+(annotations are read in stored pixel order).
 """
 
 import sys
@@ -40,8 +43,10 @@ def main(argv):
   start = time.perf_counter()
   found = coco_check.check_coco(annotations, images, _WORKERS.value)
   print(coco_check.summary(found, _SHOWN.value))
-  total = sum(len(details) for details in found.values())
-  print(f'{annotations}: {total} problems ({time.perf_counter() - start:.1f} s)')
+  total = coco_check.num_problems(found)
+  notices = sum(len(found[notice]) for notice in coco_check.NOTICES)
+  print(f'{annotations}: {total} problems, {notices} notices '
+        f'({time.perf_counter() - start:.1f} s)')
   if total:
     sys.exit(1)
 

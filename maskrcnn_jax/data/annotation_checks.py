@@ -16,6 +16,14 @@ def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def has_segmentation(ann: dict[str, Any]) -> bool:
+  """Whether an annotation gives a segmentation: a `segmentation` that is not null, [] or
+  {} (Detectron2's `if segm:`; without one the instance is box-only)."""
+  segmentation = ann.get('segmentation')
+  return segmentation is not None and not (isinstance(segmentation, (list, dict))
+                                           and not segmentation)
+
+
 def check_segmentation(segmentation: Any, height: int, width: int, where: str,
                        ann_id: Any, skips: structures.Skips) -> Any:
   """Validates one segmentation; returns it with degenerate polygons dropped, or None."""

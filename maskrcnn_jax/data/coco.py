@@ -8,6 +8,11 @@ duplicate id, a malformed bbox or segmentation), or one of the documented skips
 counted and logged (structures.py). Crowd regions (`iscrowd` 1) are kept with
 `is_crowd` True: never positives, ignored in matching; a missing `iscrowd` reads as 0.
 
+An annotation without a segmentation (no key, null, [] or {}, as Detectron2) is a
+box-only instance, its segmentation None and counted on the dataset: Faster R-CNN
+datasets train and evaluate (bbox) with the mask head off, and `check_masks` refuses
+them to a mask head.
+
 `check_num_classes` is the one rule tying a model's classes to a dataset's categories;
 `check_evaluation_fields` refuses, before any inference, a file pycocotools cannot
 evaluate.
@@ -147,14 +152,14 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool,
       raise structures.CocoFormatError(f"{where}: unknown image id {ann.get('image_id')}")
     if ann.get('category_id') not in class_of:
       raise structures.CocoFormatError(f"{where}: unknown category id {ann.get('category_id')}")
-    if 'segmentation' not in ann:
-      raise structures.CocoFormatError(f'{where}: no segmentation')
     height, width = int(image['height']), int(image['width'])
-    segmentation = annotation_checks.check_segmentation(ann['segmentation'], height, width,
-                                                        where, ann_id, skips)
-    if segmentation is None:
-      skips.add('no_valid_segmentation', ann_id)
-      continue
+    segmentation = None  # box only (Detectron2 keeps such instances without a mask)
+    if annotation_checks.has_segmentation(ann):
+      segmentation = annotation_checks.check_segmentation(ann['segmentation'], height, width,
+                                                          where, ann_id, skips)
+      if segmentation is None:
+        skips.add('no_valid_segmentation', ann_id)
+        continue
     box = annotation_checks.check_box(ann.get('bbox'), height, width, where, ann_id, skips)
     if box is None:
       continue
@@ -191,16 +196,38 @@ def load_coco(annotation_file: str, image_dir: str, filter_empty: bool,
         keypoints=keypoints, keypoint_names=keypoint_names))
 
   num_instances = sum(r.num_instances for r in records)
+  without_segmentation = [int(ann_id) for r in records
+                          for ann_id, s in zip(r.annotation_ids, r.segmentations) if s is None]
   problems = any(count for reason, count in skips.counts.items()
                  if reason not in ('empty_images', 'few_keypoints'))
   logging.log(logging.WARNING if problems else logging.INFO,
-              '%s: %d images, %d instances (%d crowd), %d classes; skipped: %s',
-              annotation_file, len(records), num_instances,
-              sum(int(r.is_crowd.sum()) for r in records), len(category_ids), skips.summary())
+              '%s: %d images, %d instances (%d crowd, %d without segmentation), %d classes; '
+              'skipped: %s', annotation_file, len(records), num_instances,
+              sum(int(r.is_crowd.sum()) for r in records), len(without_segmentation),
+              len(category_ids), skips.summary())
   return structures.CocoDataset(records=records,
                                 instance_counts=np.array([r.num_instances for r in records],
                                                          np.int64),
                                 category_ids=category_ids,
                                 class_names=class_names,
                                 skipped=dict(skips.counts), annotation_file=annotation_file,
-                                keypoint_names=keypoint_names)
+                                keypoint_names=keypoint_names,
+                                num_without_segmentation=len(without_segmentation),
+                                without_segmentation_ids=tuple(without_segmentation[:5]))
+
+
+def check_masks(dataset: structures.CocoDataset, mask_head_enabled: bool) -> None:
+  """Refuses, with the mask head on, a split with box-only instances (no segmentation).
+
+  Their gt masks would be zeros taught as targets (training) or missing from the
+  ground truth COCOeval reads for 'segm' (evaluation); boxes alone train and evaluate
+  with the mask head off.
+  """
+  if not (mask_head_enabled and dataset.num_without_segmentation):
+    return
+  example = (f' (e.g. annotation id {dataset.without_segmentation_ids[0]})'
+             if dataset.without_segmentation_ids else '')
+  raise ValueError(
+      f'{dataset.annotation_file}: {dataset.num_without_segmentation} annotations have no '
+      f'segmentation{example} but model.mask_head.enabled is True: train boxes only with '
+      '--config.model.mask_head.enabled=False, or give every annotation its segmentation')

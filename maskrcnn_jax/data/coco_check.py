@@ -3,14 +3,20 @@
 `load_coco` stops at the first error and training meets image errors only when it reads
 the image; this reads the whole file, decodes every image and mask once (in worker
 processes) and counts each problem:
-  - `missing_fields`: an annotation without id, image_id, category_id, bbox,
-    segmentation, iscrowd or area (COCO evaluation needs the last two);
+  - `missing_fields`: an annotation without id, image_id, category_id, bbox, iscrowd or
+    area (COCO evaluation needs the last two);
   - `unknown_ids`: an unknown image or category id, or a duplicate id;
   - `degenerate_box`: a malformed bbox, or one without area inside the image;
   - `bad_segmentation`: a malformed segmentation, one with no polygon of 3 points, or
     one that does not decode;
   - `unreadable_image`: a missing or undecodable image file;
   - `size_mismatch`: an image whose size is not the annotation file's.
+It also counts what training reads without error but a user may not expect (`NOTICES`):
+  - `no_segmentation`: annotations without a segmentation (box-only instances, trained
+    with the mask head off);
+  - `sixteen_bit`: 16-bit images, scaled to 8 bits when read (data/image_files.py);
+  - `exif_orientation`: images whose EXIF orientation tag is not 1: their annotations
+    are read in stored pixel order, the tag ignored (as pycocotools).
 """
 
 import collections
@@ -19,17 +25,23 @@ import multiprocessing
 import os
 from typing import Any
 
-from PIL import Image
-
 from maskrcnn_jax.data import annotation_checks
 from maskrcnn_jax.data import coco
+from maskrcnn_jax.data import image_files
 from maskrcnn_jax.data import mask_decoding
 from maskrcnn_jax.data import structures
 
 PROBLEMS = ('missing_fields', 'unknown_ids', 'degenerate_box', 'bad_segmentation',
             'unreadable_image', 'size_mismatch')
-REQUIRED_FIELDS = ('id', 'image_id', 'category_id', 'bbox', 'segmentation', 'iscrowd',
-                   'area')
+# What each notice means, as `summary` prints it.
+NOTICES = {
+    'no_segmentation': 'annotations without segmentation: box-only instances, trained '
+                       'with --config.model.mask_head.enabled=False',
+    'sixteen_bit': '16-bit images: scaled to 8 bits (value * 255 / 65535) when read',
+    'exif_orientation': 'images whose EXIF orientation is not 1: annotations are read in '
+                        'stored pixel order (the tag ignored)',
+}
+REQUIRED_FIELDS = ('id', 'image_id', 'category_id', 'bbox', 'iscrowd', 'area')
 
 
 def _check_annotation(ann: dict[str, Any], image: dict[str, Any]) -> list[tuple[str, str]]:
@@ -46,7 +58,9 @@ def _check_annotation(ann: dict[str, Any], image: dict[str, Any]) -> list[tuple[
                                            f'inside the {width} x {height} image'))
     except structures.CocoFormatError as e:
       problems.append(('degenerate_box', str(e)))
-  if 'segmentation' in ann:
+  if not annotation_checks.has_segmentation(ann):
+    problems.append(('no_segmentation', where))
+  else:
     try:
       segmentation = annotation_checks.check_segmentation(ann['segmentation'], height, width, where,
                                                           ann.get('id'), skips)
@@ -61,18 +75,23 @@ def _check_annotation(ann: dict[str, Any], image: dict[str, Any]) -> list[tuple[
 
 def _check_image(image: dict[str, Any], anns: list[dict[str, Any]], image_dir: str
                  ) -> list[tuple[str, str]]:
-  """Worker task: (problem, detail) of one image file and its annotations."""
+  """Worker task: (problem or notice, detail) of one image file and its annotations."""
   where = f'image id {image["id"]}'
   problems = []
   path = os.path.join(image_dir, str(image.get('file_name', '')))
   try:
-    with Image.open(path) as pil:
-      pil.load()  # decodes the whole file: truncated data fails here
-      size = pil.size
-    if size != (int(image['width']), int(image['height'])):
-      problems.append(('size_mismatch', f'{where}: {path} is {size[1]} x {size[0]}, the '
+    with open(path, 'rb') as f:
+      data = f.read()
+    height, width = image_files.decode_pixels(data).shape[:2]  # as training reads it
+    if (height, width) != (int(image['height']), int(image['width'])):
+      problems.append(('size_mismatch', f'{where}: {path} is {height} x {width}, the '
                                         f'annotation file says {image["height"]} x '
                                         f'{image["width"]}'))
+    if image_files.is_16_bit(data):
+      problems.append(('sixteen_bit', f'{where}: {path}'))
+    orientation = image_files.orientation_tag(data)
+    if orientation != 1:
+      problems.append(('exif_orientation', f'{where}: {path}: orientation {orientation}'))
   except (OSError, SyntaxError, ValueError) as e:
     problems.append(('unreadable_image', f'{where}: {path}: {e}'))
   for ann in anns:
@@ -82,7 +101,8 @@ def _check_image(image: dict[str, Any], anns: list[dict[str, Any]], image_dir: s
 
 def check_coco(annotation_file: str, image_dir: str, workers: int = 0
                ) -> dict[str, list[str]]:
-  """Every problem of a COCO-format dataset: {problem: [detail, ...]} for `PROBLEMS`.
+  """Every problem and notice of a COCO-format dataset: {problem: [detail, ...]} for
+  `PROBLEMS` and `NOTICES`.
 
   Args:
     annotation_file: the JSON file; unreadable JSON or missing top-level keys raise
@@ -91,7 +111,7 @@ def check_coco(annotation_file: str, image_dir: str, workers: int = 0
     workers: processes decoding images and masks; 0: one per CPU.
   """
   data = coco.load_json(annotation_file)
-  found = {problem: [] for problem in PROBLEMS}
+  found = {problem: [] for problem in PROBLEMS + tuple(NOTICES)}
   category_ids = {c.get('id') for c in data['categories']}
   images, anns_of = {}, collections.defaultdict(list)
   for image in data['images']:
@@ -130,13 +150,28 @@ def check_coco(annotation_file: str, image_dir: str, workers: int = 0
   return found
 
 
+def num_problems(found: dict[str, list[str]]) -> int:
+  """The problems of `check_coco`'s answer (its notices not counted)."""
+  return sum(len(found[problem]) for problem in PROBLEMS)
+
+
 def summary(found: dict[str, list[str]], shown: int = 5) -> str:
-  """A line per problem: its count and its first `shown` details."""
+  """A line per problem, its count and its first `shown` details; then each notice found
+  (not an error), with its meaning."""
   lines = []
-  for problem in PROBLEMS:
-    details = found[problem]
-    lines.append(f'{problem}: {len(details)}')
-    lines += [f'  {detail}' for detail in details[:shown]]
+
+  def add(key, meaning=''):
+    details = found[key]
+    lines.append(f'{key}: {len(details)}' + (f' ({meaning})' if meaning else ''))
+    lines.extend(f'  {detail}' for detail in details[:shown])
     if len(details) > shown:
       lines.append(f'  ... and {len(details) - shown} more')
+
+  for problem in PROBLEMS:
+    add(problem)
+  notices = [notice for notice in NOTICES if found[notice]]
+  if notices:
+    lines.append('notices (training reads these; not errors):')
+  for notice in notices:
+    add(notice, NOTICES[notice])
   return '\n'.join(lines)

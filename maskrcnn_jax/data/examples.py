@@ -8,9 +8,10 @@ canvas as raw RGB, uint8 (float32 with data.resize_backend = 'torch'; the model
 normalizes on the device). It keeps the first `data.max_instances` instances (boxes in
 the canvas frame; each gt mask cropped from the original-image mask over its original
 box, or over the part of it a crop keeps, to `data.mask_size`, then flipped and
-transposed with the image; instances a crop leaves empty are dropped) and pads the
-rest. Keys, shapes and dtypes are the batch table of docs/design.md (B = per-host
-batch, H x W = the batch's canvas, N = max_instances, S = mask_size):
+transposed with the image; zeros for a box-only instance, which only a model without a
+mask head trains on; instances a crop leaves empty are dropped) and pads the rest.
+Keys, shapes and dtypes are the batch table of docs/design.md (B = per-host batch,
+H x W = the batch's canvas, N = max_instances, S = mask_size):
   images [B, H, W, 3] uint8 (or float32), image_info [B, 5] float32
   (maskrcnn_jax/image_info.py: resized h, resized w, scale, flipped, transposed),
   gt_boxes [B, N, 4] float32, gt_classes [B, N] int32, gt_masks [B, N, S, S] uint8,
@@ -107,8 +108,12 @@ def _write_example(out: dict[str, np.ndarray], record: structures.ImageRecord,
   source_boxes = np.array([
       augment.window_box_to_original(boxes[i], record.height, record.width, g)
       if clipped[i] else record.boxes[i] for i in kept], np.float64).reshape(n, 4)
-  crops = mask_crops.crop_and_resize_rles([mask_decoding.instance_rle(record, i) for i in kept],
-                                          source_boxes, cfg.mask_size)
+  # Box-only instances (segmentation None) keep zero masks: no target (coco.check_masks).
+  with_mask = np.array([record.segmentations[i] is not None for i in kept], bool)
+  crops = np.zeros((n, cfg.mask_size, cfg.mask_size), np.uint8)
+  crops[with_mask] = mask_crops.crop_and_resize_rles(
+      [mask_decoding.instance_rle(record, i) for i in kept[with_mask]],
+      source_boxes[with_mask], cfg.mask_size)
   if g.flip:
     crops = crops[:, :, ::-1]
   out['gt_masks'][:n] = crops.transpose(0, 2, 1) if canvas.transpose else crops

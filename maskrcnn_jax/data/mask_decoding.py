@@ -149,8 +149,13 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarr
 def instance_rle(record: structures.ImageRecord, index: int) -> dict[str, Any]:
   """Instance `index` of the record as one compressed RLE (`segmentation_to_rle`).
 
-  A malformed segmentation raises CocoFormatError naming the file and annotation id.
+  A malformed segmentation, or none (a box-only instance), raises CocoFormatError naming
+  the file and annotation id.
   """
+  if record.segmentations[index] is None:
+    raise structures.CocoFormatError(
+        f'{record.source}: annotation id {record.annotation_ids[index]}: no segmentation (a '
+        'box-only instance: train it with --config.model.mask_head.enabled=False)')
   try:
     return segmentation_to_rle(record.segmentations[index], record.height, record.width)
   except ValueError as e:
@@ -163,10 +168,11 @@ def decode_masks(record: structures.ImageRecord, indices: Sequence[int] | None =
   """Rasterizes the record's instances (all, or those at `indices`).
 
   Returns:
-    masks: [n, height, width] uint8 in {0, 1}.
+    masks: [n, height, width] uint8 in {0, 1}; zeros for a box-only instance.
   """
   indices = range(record.num_instances) if indices is None else indices
   masks = np.zeros((len(indices), record.height, record.width), np.uint8)
   for out, i in enumerate(indices):
-    masks[out] = mask_util.decode(instance_rle(record, i))
+    if record.segmentations[i] is not None:
+      masks[out] = mask_util.decode(instance_rle(record, i))
   return masks

@@ -7,6 +7,9 @@ masks are decoded lazily by the input pipeline (`image_files.read_image`,
 documented skips (`SKIP_REASONS`), counted by `Skips` and logged:
   - `degenerate_polygons`: polygons with fewer than 3 points are dropped from their
     instance (as Detectron2); `no_valid_segmentation`: instances left without any;
+    an annotation with no segmentation at all (no key, null, [] or {}: Detectron2's
+    test) is no skip but a box-only instance, its segmentation None, counted in
+    `CocoDataset.num_without_segmentation` (`coco.check_masks` refuses it to a mask head);
   - `clipped_boxes`: boxes reaching outside the image are clipped to it;
   - `empty_boxes`: instances whose box has no area (after clipping) are skipped;
   - `empty_images`: images without non-crowd instances, when `filter_empty` is set;
@@ -63,7 +66,8 @@ class ImageRecord:
     boxes: [n, 4] float32 x1y1x2y2 pixels of the original image, inside the image.
     classes: [n] int32 contiguous classes 1..K.
     is_crowd: [n] bool.
-    segmentations: n COCO segmentations (polygon lists or RLE dicts).
+    segmentations: n COCO segmentations (polygon lists or RLE dicts); None for a
+      box-only instance (its gt mask in a batch is zeros, never a target: `check_masks`).
     source: the annotation file (or TFDS split), for error messages.
     image_bytes: the encoded image, for records that do not read it from `path`.
     keypoints: [n, K, 3] float32 COCO x, y (integer pixel indices of the original
@@ -104,6 +108,8 @@ class CocoDataset:
     skipped: count of each documented skip (`SKIP_REASONS`).
     annotation_file: the file read.
     keypoint_names: the categories' `keypoints` names (COCO person's 17), () without.
+    num_without_segmentation: instances of the records without a segmentation (box only).
+    without_segmentation_ids: the annotation ids of the first few of them, for messages.
   """
   records: Sequence[ImageRecord]
   instance_counts: np.ndarray
@@ -112,6 +118,8 @@ class CocoDataset:
   skipped: dict[str, int]
   annotation_file: str
   keypoint_names: tuple[str, ...] = ()
+  num_without_segmentation: int = 0
+  without_segmentation_ids: tuple[int, ...] = ()
 
   def __len__(self) -> int:
     return len(self.records)

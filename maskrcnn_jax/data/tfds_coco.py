@@ -6,9 +6,10 @@ folder once, offline, from a manual directory holding, for each split `<name>`:
 either as files or inside zips (the official `annotations_trainval2017.zip`,
 `train2017.zip` and `val2017.zip` give splits `train2017` and `val2017`). Every split
 is validated by `coco.load_coco` (same errors and counted skips), masks are stored as
-compressed RLE strings, images as their original encoded bytes, and keypoints (COCO
-person keypoints, or any file whose categories declare `keypoints`) as one
-[num_objects * K, 3] array per image, the K names in the builder's metadata:
+compressed RLE strings ('' for a box-only object), images as their original encoded
+bytes, and keypoints (COCO person keypoints, or any file whose categories declare
+`keypoints`) as one [num_objects * K, 3] array per image, the K names in the builder's
+metadata:
 
   prepare(manual_dir, data_dir)
   builder = tfds.builder('coco_instances', data_dir=data_dir)  # after importing this module
@@ -35,7 +36,9 @@ NAME = 'coco_instances'
 
 
 def _compressed_rle(segmentation, height: int, width: int) -> str:
-  """A validated COCO segmentation -> compressed RLE counts string."""
+  """A validated COCO segmentation -> compressed RLE counts string ('' for None: no mask)."""
+  if segmentation is None:
+    return ''
   if isinstance(segmentation, dict) and isinstance(segmentation['counts'], str):
     return segmentation['counts']
   rles = mask_util.frPyObjects(segmentation, height, width)
@@ -110,7 +113,8 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
                 'label': np.int64,  # contiguous class 1..K
                 'category_id': np.int64,
                 'is_crowd': np.bool_,
-                'rle': tfds.features.Text(),  # compressed RLE counts, size [height, width]
+                # compressed RLE counts, size [height, width]; '' for a box-only object
+                'rle': tfds.features.Text(),
             }),
             # Object i's keypoints are rows i*K .. i*K+K-1 (x, y, visibility); no rows
             # when the categories declare no keypoints (K = 0).
@@ -144,6 +148,9 @@ class CocoInstances(tfds.core.GeneratorBasedBuilder):
                            'non_crowd_counts': [int((~r.is_crowd).sum()) for r in d.records],
                            'keypoint_counts': [coco.labelled_keypoints(r.keypoints)
                                                for r in d.records],
+                           'without_segmentation_counts': [
+                               sum(s is None for s in r.segmentations) for r in d.records],
+                           'without_segmentation_ids': list(d.without_segmentation_ids),
                            'skipped': d.skipped, 'annotation_file': d.annotation_file}
                    for split, d in datasets.items()}})
     return {split: self._generate_examples(d) for split, d in datasets.items()}
@@ -212,7 +219,8 @@ class _Records(Sequence[structures.ImageRecord]):
         boxes=np.asarray(objects['box'], np.float32).reshape(-1, 4),
         classes=np.asarray(objects['label'], np.int32),
         is_crowd=np.asarray(objects['is_crowd'], bool),
-        segmentations=tuple({'counts': r, 'size': [height, width]} for r in rles),
+        segmentations=tuple({'counts': r, 'size': [height, width]} if r else None
+                            for r in rles),
         source=self._where, image_bytes=example['image'], keypoints=keypoints,
         keypoint_names=self._keypoint_names)
 
@@ -239,9 +247,15 @@ def load_tfds(data_dir: str, split: str, filter_empty: bool,
   source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   where = f'{os.path.join(data_dir, builder.name)} {split}'
   keypoint_names = tuple(builder.info.metadata['keypoint_names'])
+  # Splits prepared before box-only objects were kept have none.
+  without_segmentation = np.asarray(
+      meta.get('without_segmentation_counts', np.zeros(len(meta['instance_counts']))),
+      np.int64)[indices]
   return structures.CocoDataset(
       records=_Records(source, indices, where, keypoint_names),
       instance_counts=np.asarray(meta['instance_counts'], np.int64)[indices],
       category_ids=tuple(builder.info.metadata['category_ids']),
       class_names=tuple(builder.info.metadata['class_names']),
-      skipped=skipped, annotation_file=where, keypoint_names=keypoint_names)
+      skipped=skipped, annotation_file=where, keypoint_names=keypoint_names,
+      num_without_segmentation=int(without_segmentation.sum()),
+      without_segmentation_ids=tuple(meta.get('without_segmentation_ids', ())))

@@ -15,6 +15,7 @@ from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
 from maskrcnn_jax.data import structures
 from maskrcnn_jax.data import tfds_coco
+from tests.data import test_box_only
 
 
 @pytest.fixture(scope='module')
@@ -174,3 +175,18 @@ def test_without_keypoints_records_have_none(prepared):
   dataset = tfds_coco.load_tfds(data_dir, 'train', filter_empty=False)
   assert dataset.keypoint_names == ()
   assert all(r.keypoints is None for r in dataset.records)
+
+
+def test_box_only_objects_read_back_without_segmentation(tmp_path):
+  path, image_dir = shapes.write_split(str(tmp_path / 'shapes'), 'val', 4, 40, seed=3)
+  stripped = test_box_only.strip_segmentations(path, path, every=2)
+  data_dir = str(tmp_path / 'tfds')
+  tfds_coco.prepare(str(tmp_path / 'shapes'), data_dir)
+  dataset = tfds_coco.load_tfds(data_dir, 'val', filter_empty=False)
+  reference = coco.load_coco(path, image_dir, filter_empty=False)
+  assert dataset.num_without_segmentation == reference.num_without_segmentation == len(
+      stripped)
+  assert dataset.without_segmentation_ids == reference.without_segmentation_ids
+  for r, q in zip(dataset.records, reference.records):
+    assert [s is None for s in r.segmentations] == [s is None for s in q.segmentations]
+  _assert_same_records(dataset.records, reference.records)  # zero masks for box-only
