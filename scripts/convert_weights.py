@@ -4,10 +4,12 @@
   python scripts/convert_weights.py --kind resnet resnet50-0676ba61.pth backbone_dir
   python scripts/convert_weights.py --kind detectron2 model_final_f10217.pkl out_dir
 
-torchvision's .pth files need torch (read with weights_only=True, so they cannot run
-code). Detectron2's model-zoo .pkl and Checkpointer .pth files are read without torch by
-a restricted unpickler that refuses anything but arrays, dicts, lists, strings and
-numbers; evaluate them with the matching configs/detectron2/*.py.
+No PyTorch needed: .pth files (torch.save's zip and legacy formats, a state dict or a
+training checkpoint holding one under 'model') and Detectron2's model-zoo .pkl files are
+read by a restricted unpickler that refuses anything but arrays, dicts, lists, strings
+and numbers, so a file cannot run code. A file of another kind than --kind says is an
+error naming the --kind it needs. Evaluate Detectron2 weights with the matching
+configs/detectron2/*.py.
 """
 
 import argparse
@@ -21,9 +23,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--kind', choices=('maskrcnn', 'resnet', 'detectron2'),
                       default='maskrcnn',
-                      help='maskrcnn: a maskrcnn_resnet50_fpn state dict; '
-                           'resnet: an ImageNet classification ResNet or ResNeXt (backbone '
-                           'only); detectron2: a Detectron2 Mask R-CNN (.pkl or .pth)')
+                      help='maskrcnn: a torchvision maskrcnn_resnet50_fpn (or '
+                           'keypointrcnn) state dict; resnet: an ImageNet classification '
+                           'ResNet or ResNeXt (backbone only); detectron2: a Detectron2 '
+                           'Mask R-CNN (.pkl or .pth)')
   parser.add_argument('source', help='the .pth (or Detectron2 .pkl) file')
   parser.add_argument('destination', help='new directory for the orbax checkpoint')
   parser.add_argument('--verbose', action='store_true',
@@ -34,6 +37,7 @@ def main():
     print(f'wrote {args.destination}')
     return
   state_dict = convert.load_torch_state_dict(args.source)
+  convert.check_kind(state_dict, args.kind, args.source)
   if args.kind == 'maskrcnn':
     variables = convert.from_torchvision(state_dict)
   else:

@@ -24,6 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
+from maskrcnn_jax.convert import kinds
 from maskrcnn_jax.convert import safe_pickle
 from maskrcnn_jax.convert import tables as tables_lib
 
@@ -173,22 +174,26 @@ def from_detectron2(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndar
 
   Raises:
     KeyError: naming unconverted or missing keys.
-    ValueError: for an unreadable file, an unknown input_format or a class-agnostic box
-      regressor (which our box head does not have).
+    ValueError: for an unreadable file, another kind of state dict (a torchvision
+      one), an unknown input_format or a class-agnostic box regressor (which our box
+      head does not have).
   """
   if input_format not in ('BGR', 'RGB'):
     raise ValueError(f"input_format must be 'BGR' or 'RGB'; got {input_format!r}")
   if isinstance(path_or_state_dict, (str, os.PathLike)):
+    source = os.fspath(path_or_state_dict)
     state_dict = load_detectron2_state_dict(path_or_state_dict)
   else:
-    state_dict = path_or_state_dict
+    source, state_dict = 'the state dict', path_or_state_dict
     if isinstance(state_dict.get('model'), Mapping):
       state_dict = state_dict['model']
+  kinds.check_kind(state_dict, 'detectron2', source)
   state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_IGNORED)}
-  stray = sorted(k for k in state_dict if not k.startswith(_PREFIXES)
-                 and not k.endswith('num_batches_tracked'))
+  stray = [k for k in state_dict if not k.startswith(_PREFIXES)
+           and not k.endswith('num_batches_tracked')]
   if stray:
-    raise KeyError(f'cannot convert the Detectron2 state dict: unexpected keys {stray}')
+    raise KeyError('cannot convert the Detectron2 state dict: unexpected keys '
+                   f'{tables_lib.key_list(stray)}')
   cls_score = state_dict.get('roi_heads.box_predictor.cls_score.weight')
   num_classes = cls_score.shape[0] - 1 if cls_score is not None else 0
   bbox_pred = state_dict.get('roi_heads.box_predictor.bbox_pred.weight')
@@ -217,9 +222,11 @@ def from_detectron2_resnet(path_or_state_dict: str | os.PathLike | Mapping[str, 
                            input_format: str = 'BGR') -> dict[str, dict]:
   """Only the body (`backbone.bottom_up.*`) of a Detectron2 checkpoint -> `resnet.ResNet`."""
   if isinstance(path_or_state_dict, (str, os.PathLike)):
+    source = os.fspath(path_or_state_dict)
     state_dict = load_detectron2_state_dict(path_or_state_dict)
   else:
-    state_dict = path_or_state_dict
+    source, state_dict = 'the state dict', path_or_state_dict
+  kinds.check_kind(state_dict, 'detectron2', source)
   body = 'backbone.bottom_up.'
   sub = {k: v for k, v in state_dict.items() if k.startswith(body)}
   return tables_lib.convert_table(sub, body, resnet_table(sub, body, input_format))

@@ -4,10 +4,17 @@ A pickle can name any importable callable and call it while loading. These reade
 accept only what a weights file needs -- NumPy arrays (no object dtype), dicts (and
 OrderedDicts), lists, tuples, strings, bytes, numbers, booleans and None -- and refuse
 any other global with a ValueError naming the file and the global, before it is called.
+Two more stand in for what training checkpoints hold beside the weights: an
+argparse.Namespace (torchvision's reference scripts save their `args`) becomes a dict,
+and a collections.Counter (MultiStepLR's milestones) a dict.
 
 `load_pkl` reads Detectron2's model-zoo pickles ({'model': {name: ndarray}, ...}, also
-Python 2 pickles). `load_pth` reads PyTorch's zip format (torch.save since 1.6): the
-tensors become NumPy arrays read straight from the archive, so torch is not needed.
+Python 2 pickles). `load_pth` reads both formats of torch.save, so torch is not needed:
+the zip archive (a data.pkl and one file per storage, torch >= 1.6) and the legacy
+stream (pickles of a magic number, the format version, the system info and the object,
+then the storages' raw bytes: torch < 1.6, which wrote torchvision's older weights).
+Tensors become NumPy arrays. `load_weights` reads any of these, the kind found by
+content, and says in one line when a file is none of them.
 """
 
 import collections
@@ -56,6 +63,15 @@ def _frombuffer(buffer, dtype: np.dtype, shape, order: str) -> np.ndarray:
   return np.frombuffer(buffer, dtype).reshape(shape, order=order).copy(order=order)
 
 
+class _Namespace(dict):
+  """Stands for an argparse.Namespace (a checkpoint's `args`): its attributes as a dict."""
+
+  def __setstate__(self, state):
+    if not isinstance(state, dict):
+      raise pickle.UnpicklingError('an argparse.Namespace whose state is not a dict')
+    self.update(state)
+
+
 def _empty_bytes(*args) -> bytes:
   """Protocol-2 pickles written by Python 3 store b'' as a call of bytes()."""
   if args:
@@ -70,11 +86,17 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ('_codecs', 'encode'): _latin1_encode,
     ('__builtin__', 'bytes'): _empty_bytes,
     ('builtins', 'bytes'): _empty_bytes,
+    ('argparse', 'Namespace'): _Namespace,
+    ('collections', 'Counter'): dict,
     **{(module, '_reconstruct'): _reconstruct for module in _MULTIARRAY},
     **{(module, 'scalar'): _scalar for module in _MULTIARRAY},
     **{(module, '_frombuffer'): _frombuffer
        for module in ('numpy.core.numeric', 'numpy._core.numeric')},
 }
+
+
+class _Refused(pickle.UnpicklingError):
+  """A global or value a weights file may not hold (the file is a pickle, but not ours)."""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -88,7 +110,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     try:
       return self._allowed[(module, name)]
     except KeyError:
-      raise pickle.UnpicklingError(
+      raise _Refused(
           f'refused to load the global {module}.{name}: a weights file may hold only '
           'arrays, dicts, lists, strings and numbers') from None
 
@@ -120,11 +142,16 @@ def loads(data: bytes, path: str = '<bytes>'):
   return value
 
 
-def load_pkl(path: str | os.PathLike):
-  """The object pickled in `path` (a Detectron2 model-zoo .pkl), without running code."""
+def _existing_file(path: str | os.PathLike) -> str:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'weights file not found: {path}')
+  return path
+
+
+def load_pkl(path: str | os.PathLike):
+  """The object pickled in `path` (a Detectron2 model-zoo .pkl), without running code."""
+  path = _existing_file(path)
   with open(path, 'rb') as f:
     return loads(f.read(), path)
 
@@ -136,6 +163,12 @@ _TORCH_STORAGES = {
     'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
     'BoolStorage': np.bool_,
 }
+# The legacy format's first two pickles (torch/serialization.py MAGIC_NUMBER and
+# PROTOCOL_VERSION).
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+_LEGACY_VERSION = 1001
+_NOT_TORCH = 'is not a PyTorch checkpoint (a torch.save zip archive or legacy file)'
+_NOT_WEIGHTS = f'{_NOT_TORCH} nor a pickle of arrays'
 
 
 class _StorageType:
@@ -143,6 +176,19 @@ class _StorageType:
 
   def __init__(self, name: str):
     self.name = name
+
+  @property
+  def itemsize(self) -> int:
+    dtype = _TORCH_STORAGES[self.name]
+    return 2 if dtype == 'bfloat16' else np.dtype(dtype).itemsize
+
+
+def _storage_array(raw: bytes, storage_type: _StorageType) -> np.ndarray:
+  """A storage's raw little-endian bytes -> its elements (bfloat16 widened to float32)."""
+  dtype = _TORCH_STORAGES[storage_type.name]
+  if dtype == 'bfloat16':  # the high 16 bits of a float32
+    return (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+  return np.frombuffer(raw, dtype)
 
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *unused) -> np.ndarray:
@@ -157,52 +203,161 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *unused) -> 
   return np.array(view)
 
 
-def load_pth(path: str | os.PathLike):
-  """The object torch.save wrote to `path` (zip format), tensors as NumPy arrays.
+def _rebuild_parameter(data, requires_grad, backward_hooks, *state):
+  """torch._utils._rebuild_parameter(_with_state): an nn.Parameter is its tensor."""
+  del requires_grad, backward_hooks, state
+  return data
 
-  Float16/bfloat16 tensors become float32. Only tensors, dicts, lists, strings and
-  numbers are accepted: a file that asks for anything else is refused (ValueError).
-  """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'weights file not found: {path}')
-  if not zipfile.is_zipfile(path):
-    raise ValueError(f'{path}: not a PyTorch zip checkpoint (torch.save since 1.6); '
-                     'save it again with a recent torch')
+
+def _torch_globals(rebuild_tensor: Callable[..., Any]) -> dict:
+  """The torch globals a .pth pickle may name: storage classes and tensor rebuilders."""
+  extra = {(module, name): _StorageType(name)
+           for module in ('torch', 'torch.cuda') for name in _TORCH_STORAGES}
+  extra[('torch._utils', '_rebuild_tensor_v2')] = rebuild_tensor
+  extra[('torch._utils', '_rebuild_parameter')] = _rebuild_parameter
+  extra[('torch._utils', '_rebuild_parameter_with_state')] = _rebuild_parameter
+  return extra
+
+
+def _storage_id(pid, length: int) -> tuple:
+  """A persistent id ('storage', storage type, key, location, numel[, view]), checked."""
+  if not (isinstance(pid, tuple) and len(pid) == length
+          and pid[0] in ('storage', b'storage') and isinstance(pid[1], _StorageType)
+          and isinstance(pid[2], str) and isinstance(pid[4], int)):
+    raise pickle.UnpicklingError(f'unexpected persistent id {pid!r:.200}')
+  return pid
+
+
+def _load_zip(path: str):
+  """torch.save's zip archive: data.pkl, and each storage's bytes in data/<key>."""
   with zipfile.ZipFile(path) as archive:
     names = archive.namelist()
     pickles = [n for n in names if n.endswith('/data.pkl') or n == 'data.pkl']
     if len(pickles) != 1:
-      raise ValueError(f'{path}: expected one data.pkl in the archive, found {len(pickles)}')
+      raise ValueError(f'{path} {_NOT_TORCH}: a zip archive with {len(pickles)} data.pkl')
     root = pickles[0][:-len('data.pkl')]
     if f'{root}byteorder' in names and archive.read(f'{root}byteorder') != b'little':
       raise ValueError(f'{path}: big-endian checkpoints are not supported')
     storages = {}
 
     def persistent_load(pid):
-      if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage'
-              and isinstance(pid[1], _StorageType)):
-        raise pickle.UnpicklingError(f'unexpected persistent id {pid!r}')
-      _, storage_type, key, _, numel = pid
+      _, storage_type, key, _, numel = _storage_id(pid, 5)
       if key not in storages:
-        raw = archive.read(f'{root}data/{key}')
-        dtype = _TORCH_STORAGES[storage_type.name]
-        if dtype == 'bfloat16':  # the high 16 bits of a float32
-          array = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-        else:
-          array = np.frombuffer(raw, dtype)
-        storages[key] = array[:numel]
+        storages[key] = _storage_array(archive.read(f'{root}data/{key}'), storage_type)[:numel]
       return storages[key]
 
-    extra = {('torch', name): _StorageType(name) for name in _TORCH_STORAGES}
-    extra[('torch._utils', '_rebuild_tensor_v2')] = _rebuild_tensor
-    unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), extra=extra)
+    unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])),
+                                     extra=_torch_globals(_rebuild_tensor))
     unpickler.persistent_load = persistent_load
     try:
-      value = unpickler.load()
+      return unpickler.load()
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError) as e:
       raise ValueError(f'{path}: cannot read it as a weights checkpoint: {e}') from None
+
+
+def _is_legacy(data: bytes) -> bool:
+  """Whether `data` starts as torch.save's legacy format does: the pickled magic number."""
+  return any(data.startswith(pickle.dumps(_LEGACY_MAGIC, protocol))
+             for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1))
+
+
+def _load_legacy(data: bytes, path: str):
+  """torch.save's legacy stream (see the module docstring), tensors as NumPy arrays.
+
+  The storages' bytes follow the object's pickle, so it is read twice: once for the
+  storages' types (which size their bytes), once to build the tensors.
+  """
+  stream = io.BytesIO(data)
+
+  def next_pickle(extra=None, persistent_load=None):
+    unpickler = _RestrictedUnpickler(stream, extra=extra, encoding='latin1')
+    if persistent_load is not None:
+      unpickler.persistent_load = persistent_load
+    return unpickler.load()
+
+  try:
+    next_pickle()  # the magic number, checked by _is_legacy
+    version = next_pickle()
+    if version != _LEGACY_VERSION:
+      raise pickle.UnpicklingError(f'unknown legacy torch.save version {version!r}')
+    system = next_pickle()
+    if isinstance(system, dict) and not system.get('little_endian', True):
+      raise ValueError('big-endian checkpoints are not supported')
+    start = stream.tell()
+    storage_types = {}
+
+    def note_type(pid):
+      _, storage_type, key, *_ = _storage_id(pid, 6)
+      storage_types[key] = storage_type
+
+    next_pickle(_torch_globals(lambda *args: None), note_type)
+    keys = next_pickle()
+    offset = stream.tell()
+    storages = {}
+    for key in keys:
+      # Each storage: its element count (int64, little-endian), then its bytes.
+      numel = int.from_bytes(data[offset:offset + 8], 'little', signed=True)
+      nbytes = numel * storage_types[key].itemsize
+      raw = data[offset + 8:offset + 8 + nbytes]
+      if numel < 0 or len(raw) != nbytes:
+        raise EOFError(f'the file ends inside storage {key}')
+      storages[key] = _storage_array(raw, storage_types[key])
+      offset += 8 + nbytes
+
+    def storage(pid):
+      _, _, key, _, _, view = _storage_id(pid, 6)
+      if view is None:
+        return storages[key]
+      _, view_offset, view_numel = view  # a storage that is a slice of another
+      return storages[key][view_offset:view_offset + view_numel]
+
+    stream.seek(start)
+    return next_pickle(_torch_globals(_rebuild_tensor), storage)
+  except (pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError) as e:
+    raise ValueError(f'{path}: cannot read it as a weights checkpoint: {e}') from None
+
+
+def load_pth(path: str | os.PathLike):
+  """The object torch.save wrote to `path` (zip or legacy format), tensors as NumPy arrays.
+
+  Float16/bfloat16 tensors become float32. Only tensors, dicts, lists, strings and
+  numbers are accepted: a file that asks for anything else is refused (ValueError), and
+  so is a file that is not a torch.save file.
+  """
+  path = _existing_file(path)
+  if zipfile.is_zipfile(path):
+    value = _load_zip(path)
+  else:
+    with open(path, 'rb') as f:
+      data = f.read()
+    if not _is_legacy(data):
+      raise ValueError(f'{path} {_NOT_TORCH}')
+    value = _load_legacy(data, path)
   value = _widen_halves(value)
+  _check_result(value, path)
+  return value
+
+
+def load_weights(path: str | os.PathLike):
+  """The object in `path`, a torch.save file (`load_pth`) or a plain weights pickle
+  (`load_pkl`, e.g. a Detectron2 .pkl), told apart by content, not by name.
+
+  A file that is none of these (random bytes, text) is one ValueError naming it.
+  """
+  path = _existing_file(path)
+  if zipfile.is_zipfile(path):
+    return load_pth(path)
+  with open(path, 'rb') as f:
+    data = f.read()
+  if _is_legacy(data):
+    return load_pth(path)
+  try:
+    value = _RestrictedUnpickler(io.BytesIO(data), encoding='latin1').load()
+  except _Refused as e:
+    raise ValueError(f'{path}: cannot read it as a weights pickle: {e}') from None
+  except Exception:  # pylint: disable=broad-except
+    # Bytes that are no pickle make the unpickler raise nearly any exception type.
+    raise ValueError(f'{path} {_NOT_WEIGHTS}') from None
   _check_result(value, path)
   return value
 

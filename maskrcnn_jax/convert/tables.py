@@ -2,9 +2,9 @@
 
 Each part of the model has a table of rows (foreign key suffix, collection, our
 '/'-separated path, transform), applied under a state dict prefix by `convert_table`,
-which names every missing or unexpected key. PyTorch conv weights [out, in, kh, kw]
-become Flax kernels [kh, kw, in, out] (`conv_kernel`); Linear weights [out, in] become
-[in, out] (`dense_kernel`).
+which names the missing and unexpected keys (a few of each, and their count). PyTorch
+conv weights [out, in, kh, kw] become Flax kernels [kh, kw, in, out] (`conv_kernel`);
+Linear weights [out, in] become [in, out] (`dense_kernel`).
 """
 
 from typing import Callable, Iterable, Mapping
@@ -45,7 +45,7 @@ def convert_table(state_dict: Mapping[str, np.ndarray], prefix: str, table: Tabl
 
   Raises:
     KeyError: naming the table's keys absent from `state_dict` and the keys under
-      `prefix` that no row converts.
+      `prefix` that no row converts (`key_list`: a few of each and their count).
   """
   table = list(table)
   wanted = {prefix + suffix for suffix, *_ in table}
@@ -56,8 +56,9 @@ def convert_table(state_dict: Mapping[str, np.ndarray], prefix: str, table: Tabl
       and not key.endswith('num_batches_tracked')
       and not key[len(prefix):].startswith(ignore))
   if missing or unexpected:
-    raise KeyError(f'cannot convert the state dict under {prefix!r}: missing keys {missing}; '
-                   f'unexpected keys {unexpected}')
+    problems = [f'{name} keys {key_list(keys)}' for name, keys in
+                (('missing', missing), ('unexpected', unexpected)) if keys]
+    raise KeyError(f"cannot convert the state dict under {prefix!r}: {'; '.join(problems)}")
   variables = {}
   for suffix, collection, path, transform in table:
     *parents, leaf = path.split('/')
@@ -66,6 +67,13 @@ def convert_table(state_dict: Mapping[str, np.ndarray], prefix: str, table: Tabl
       node = node.setdefault(name, {})
     node[leaf] = transform(np.asarray(state_dict[prefix + suffix], np.float32))
   return variables
+
+
+def key_list(keys: Iterable[str], shown: int = 3) -> str:
+  """The first `shown` of the sorted keys and their count: ['a', 'b', 'c', ...] (120 in all)."""
+  keys = sorted(keys)
+  names = ', '.join(repr(key) for key in keys[:shown])
+  return f'[{names}]' if len(keys) <= shown else f'[{names}, ...] ({len(keys)} in all)'
 
 
 def deconv_kernel(weight: np.ndarray) -> np.ndarray:

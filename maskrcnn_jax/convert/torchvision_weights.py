@@ -3,13 +3,17 @@
 `from_torchvision` converts a `maskrcnn_resnet50_fpn` or `keypointrcnn_resnet50_fpn`
 state dict, `from_torchvision_resnet` an ImageNet ResNet body. The parameter trees these
 produce are documented in model/resnet.py, model/fpn.py, model/rpn.py,
-model/roi_heads.py and model/keypoint_head.py.
+model/roi_heads.py and model/keypoint_head.py. `load_torch_state_dict` reads a .pth
+without torch (safe_pickle.py).
 """
 
+import os
 from typing import Mapping
 
 import numpy as np
 
+from maskrcnn_jax.convert import kinds
+from maskrcnn_jax.convert import safe_pickle
 from maskrcnn_jax.convert import tables as tables_lib
 
 _BN_STATS = (('weight', 'scale'), ('bias', 'bias'), ('running_mean', 'mean'),
@@ -108,13 +112,16 @@ def from_torchvision(state_dict: Mapping[str, np.ndarray]) -> dict[str, dict]:
   The heads present in the state dict are converted (a Keypoint R-CNN has no mask head:
   its config sets model.mask_head.enabled False and model.keypoint_head.enabled True).
   Every key must be converted (num_batches_tracked counters aside): a key under no known
-  prefix, or missing from one, is an error naming it.
+  prefix, or missing from one, is an error naming it. Another kind of state dict (an
+  ImageNet ResNet, a Detectron2 model) is a ValueError naming its kind.
   """
+  kinds.check_kind(state_dict, 'maskrcnn')
   prefixes = ('backbone.body.', 'backbone.fpn.', 'rpn.head.', 'roi_heads.')
-  stray = sorted(k for k in state_dict if not k.startswith(prefixes)
-                 and not k.endswith('num_batches_tracked'))
+  stray = [k for k in state_dict if not k.startswith(prefixes)
+           and not k.endswith('num_batches_tracked')]
   if stray:
-    raise KeyError(f'cannot convert the state dict: unexpected keys {stray}')
+    raise KeyError('cannot convert the state dict: unexpected keys '
+                   f'{tables_lib.key_list(stray)}')
   convs = lambda head: {k.split('.')[2] for k in state_dict
                         if k.startswith(f'roi_heads.{head}.') and k.endswith('.weight')}
   tables = {'box_head': box_head_table()}
@@ -166,24 +173,44 @@ def from_torchvision_resnet(state_dict: Mapping[str, np.ndarray]) -> dict[str, d
 
   For torchvision's `resnet{18,34,50,101}-*.pth` (keys conv1.*, bn1.*, layer1.* ..
   layer4.*): the classifier fc.* is dropped and the batch norm statistics become the
-  frozen batch norms' arrays.
+  frozen batch norms' arrays. Another kind of state dict (a Mask R-CNN) is a ValueError
+  naming its kind.
   """
+  kinds.check_kind(state_dict, 'resnet')
   return tables_lib.convert_table(state_dict, '', resnet_table(state_dict, ''), ignore=('fc.',))
 
 
-def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a .pth state dict as NumPy arrays (float tensors as float32).
+def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a .pth state dict as NumPy arrays (float tensors as float32), without torch.
 
-  Uses torch.load(weights_only=True), which refuses pickled code; torch is needed only
-  here.
+  torch.save's zip and legacy formats are read by a restricted unpickler that runs no
+  code (safe_pickle.load_weights). The file may hold the state dict itself or a training
+  checkpoint holding it under 'model' (torchvision's reference scripts) or 'state_dict'.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    ValueError: one line naming the file: not a PyTorch checkpoint, or one without a
+      state dict.
   """
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(f'reading {path} needs PyTorch, which maskrcnn-jax does not install: '
-                      'pip install torch') from e
-  state_dict = torch.load(path, map_location='cpu', weights_only=True)
-  if not isinstance(state_dict, Mapping):
-    raise ValueError(f'{path} holds a {type(state_dict).__name__}, not a state dict')
-  return {key: (value.float() if value.is_floating_point() else value).numpy()
-          for key, value in state_dict.items()}
+  path = os.fspath(path)
+  data = safe_pickle.load_weights(path)
+  if isinstance(data, Mapping) and not _is_state_dict(data):
+    for wrapper in ('model', 'state_dict'):
+      if isinstance(data.get(wrapper), Mapping):
+        data = data[wrapper]
+        break
+  if not isinstance(data, Mapping) or not data or not _is_state_dict(data):
+    found = (f'a dict with keys {tables_lib.key_list(map(str, data))}'
+             if isinstance(data, Mapping) else f'a {type(data).__name__}')
+    raise ValueError(f"{path} holds no state dict (a dict of tensors, or one under 'model' or "
+                     f"'state_dict'): it holds {found}")
+  state_dict = {}
+  for key, value in data.items():
+    value = np.asarray(value)
+    state_dict[key] = value.astype(np.float32) if value.dtype.kind == 'f' else value
+  return state_dict
+
+
+def _is_state_dict(data: Mapping) -> bool:
+  """Whether every value of `data` is an array (a tensor read by safe_pickle)."""
+  return all(isinstance(value, (np.ndarray, np.generic)) for value in data.values())

@@ -3,20 +3,28 @@
 tests/fixtures/torchvision_backbone.npz holds the outputs of torchvision's
 maskrcnn_resnet50_fpn backbone filled with seeded weights (see
 tests/tools/record_torchvision_backbone.py); the weights are regenerated here without
-torch from the recorded names, shapes and seed.
+torch from the recorded names, shapes and seed. .pth files are written by hand in both
+torch.save formats (tests/convert/torch_files.py) and read without torch, as
+scripts/convert_weights.py reads them.
 """
 
+import os
+import runpy
 import sys
 
 import jax
 import numpy as np
 import pytest
 
+from maskrcnn_jax import checkpoint
+from maskrcnn_jax import cli
 from maskrcnn_jax import convert
 from maskrcnn_jax.convert import torchvision_weights
 from maskrcnn_jax.model import fpn
 from maskrcnn_jax.model import resnet
 from tests.conftest import FIXTURES
+from tests.conftest import REPO_ROOT
+from tests.convert import torch_files
 from tests.tools import seeded_weights
 
 # torchvision resnet{depth}(): all parameters, the fc layer included.
@@ -134,7 +142,128 @@ def test_missing_and_unexpected_keys_are_named(recorded):
     torchvision_weights.convert_resnet(broken, 'backbone.body.')
 
 
-def test_load_torch_state_dict_without_torch_says_how_to_install(monkeypatch, tmp_path):
+def _small_resnet18():
+  """resnet18()'s keys with arrays of at most 2 per axis (the conversion reads no shape)."""
+  rng = np.random.default_rng(18)
+  state_dict = {key: rng.standard_normal([min(s, 2) for s in shape]).astype(np.float32)
+                for key, shape in _torchvision_resnet_keys(18)}
+  state_dict['bn1.num_batches_tracked'] = np.array(3, np.int64)
+  return state_dict
+
+
+@pytest.mark.parametrize('save', [torch_files.save_zip, torch_files.save_legacy])
+@pytest.mark.parametrize('wrapper', [None, 'model', 'state_dict'])
+def test_load_torch_state_dict_reads_pth_files_without_torch(tmp_path, monkeypatch, save,
+                                                             wrapper):
   monkeypatch.setitem(sys.modules, 'torch', None)  # makes `import torch` fail
-  with pytest.raises(ImportError, match='pip install torch'):
-    convert.load_torch_state_dict(str(tmp_path / 'weights.pth'))
+  arrays = _small_resnet18()
+  arrays['fc.bias'] = arrays['fc.bias'].astype(np.float16)
+  saved = torch_files.state_dict_of(arrays)
+  if wrapper:  # a training checkpoint: torchvision's reference scripts save 'model'
+    saved = {wrapper: saved, 'optimizer': {'state': {}, 'param_groups': []}, 'epoch': 25}
+  save(saved, tmp_path / 'resnet18.pth')
+  state_dict = convert.load_torch_state_dict(str(tmp_path / 'resnet18.pth'))
+  assert list(state_dict) == list(arrays)
+  for key, array in arrays.items():
+    expected = np.float32 if array.dtype.kind == 'f' else array.dtype
+    assert state_dict[key].dtype == expected, key
+    np.testing.assert_array_equal(state_dict[key], array, err_msg=key)
+  jax.tree.map(np.testing.assert_array_equal, convert.from_torchvision_resnet(state_dict),
+               convert.from_torchvision_resnet(arrays))
+
+
+def test_load_torch_state_dict_errors_name_the_file(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  with pytest.raises(FileNotFoundError, match=r'weights file not found: .*missing\.pth'):
+    convert.load_torch_state_dict(str(tmp_path / 'missing.pth'))
+  path = tmp_path / 'random.pth'
+  path.write_bytes(np.random.default_rng(1).bytes(1000))
+  with pytest.raises(ValueError, match=f'^{path} is not a PyTorch checkpoint'):
+    convert.load_torch_state_dict(str(path))
+  path = tmp_path / 'lists.pth'
+  torch_files.save_zip({'epoch': 3, 'losses': [1.0, 0.5]}, path)
+  with pytest.raises(ValueError, match=r"lists\.pth holds no state dict .*'epoch', 'losses'"):
+    convert.load_torch_state_dict(str(path))
+
+
+def _recorded_maskrcnn_body(recorded):
+  """The recorded backbone's state dict with a few head keys: a Mask R-CNN's prefixes."""
+  _, state_dict = recorded
+  return {**state_dict, 'rpn.head.conv.0.0.weight': np.zeros((2, 2, 3, 3), np.float32)}
+
+
+def _run_convert_weights(monkeypatch, capsys, *args):
+  """scripts/convert_weights.py *args in this process: (exit status, stdout, stderr)."""
+  monkeypatch.delenv(cli.VERBOSE_ENV, raising=False)
+  monkeypatch.setattr(sys, 'argv', ['convert_weights.py', *map(str, args)])
+  status = 0
+  try:
+    runpy.run_path(str(REPO_ROOT / 'scripts' / 'convert_weights.py'), run_name='__main__')
+  except SystemExit as e:
+    status = e.code
+  captured = capsys.readouterr()
+  return status, captured.out, captured.err
+
+
+def test_convert_weights_errors_are_one_line_with_the_kind_to_use(recorded, tmp_path,
+                                                                  monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  resnet_file, maskrcnn_file = tmp_path / 'resnet50.pth', tmp_path / 'maskrcnn.pth'
+  torch_files.save_zip(torch_files.state_dict_of(_small_resnet18()), resnet_file)
+  torch_files.save_legacy(torch_files.state_dict_of(_recorded_maskrcnn_body(recorded)),
+                          maskrcnn_file)
+  random_file = tmp_path / 'random.pth'
+  random_file.write_bytes(np.random.default_rng(2).bytes(500))
+  cases = [
+      ('maskrcnn', tmp_path / 'missing.pth', f'weights file not found: {tmp_path}/missing.pth'),
+      ('maskrcnn', random_file, f'{random_file} is not a PyTorch checkpoint'),
+      ('maskrcnn', resnet_file, f"{resnet_file} has no 'backbone.body.' keys: it looks like "
+                                'an ImageNet ResNet; use --kind resnet'),
+      ('resnet', maskrcnn_file, f"{maskrcnn_file} has no 'layer1.' keys: it looks like a "
+                                'torchvision Mask R-CNN; use --kind maskrcnn'),
+      ('maskrcnn', FIXTURES / 'detectron2_r50_fpn.pkl', 'use --kind detectron2'),
+      ('resnet', FIXTURES / 'detectron2_x101_fpn.pth', 'use --kind detectron2'),
+      ('detectron2', maskrcnn_file, f"{maskrcnn_file} has no 'backbone.bottom_up.' keys: it "
+                                    'looks like a torchvision Mask R-CNN; use --kind maskrcnn'),
+  ]
+  for kind, source, message in cases:
+    status, out, err = _run_convert_weights(monkeypatch, capsys, '--kind', kind, source,
+                                            tmp_path / 'out')
+    lines = err.splitlines()
+    assert status == 1 and not out, (kind, source, err)
+    assert len(lines) == 2 and lines[1].startswith('(--verbose'), err
+    assert lines[0].startswith('convert_weights.py: error: ') and message in lines[0], err
+    assert len(lines[0]) < 250, lines[0]
+  assert not os.path.exists(tmp_path / 'out')
+
+
+def test_convert_weights_reads_a_legacy_pth_without_torch(tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  arrays = _small_resnet18()
+  source = tmp_path / 'resnet18-5c106cde.pth'
+  torch_files.save_legacy(torch_files.state_dict_of(arrays), source)
+  status, out, err = _run_convert_weights(monkeypatch, capsys, '--kind', 'resnet', source,
+                                          tmp_path / 'out')
+  assert status == 0 and out.strip() == f'wrote {tmp_path / "out"}', err
+  restored = checkpoint.restore_variables(str(tmp_path / 'out'))
+  expected = {collection: {'backbone': tree}
+              for collection, tree in convert.from_torchvision_resnet(arrays).items()}
+  jax.tree.map(np.testing.assert_array_equal, restored, expected)
+
+
+def test_key_messages_list_a_few_keys_and_their_count(recorded):
+  _, state_dict = recorded
+  without_fpn = {k: v for k, v in state_dict.items() if not k.startswith('backbone.fpn.')}
+  with pytest.raises(KeyError) as error:
+    torchvision_weights.convert_fpn(without_fpn, 'backbone.fpn.')
+  message = str(error.value)
+  assert "missing keys ['backbone.fpn.inner_blocks.0.0.bias', " in message
+  assert ', ...] (16 in all)' in message and 'unexpected' not in message
+  assert len(message) < 250, message
+  renamed = {f'module.{k}': v for k, v in _small_resnet18().items()}  # a DataParallel save
+  with pytest.raises(ValueError) as error:
+    convert.from_torchvision_resnet(renamed)
+  message = str(error.value)
+  assert message.startswith("the state dict has no 'layer1.' keys, so it is not an ImageNet "
+                            "ResNet; its keys are ['module.bn1.bias', "), message
+  assert message.endswith(f', ...] ({len(renamed)} in all)') and len(message) < 250, message
