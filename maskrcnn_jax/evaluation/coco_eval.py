@@ -16,6 +16,12 @@ batched area / toBbox call (`_faster_results`), where its `loadRes` makes two pe
 result, and Python's cycle collector is paused during an evaluation: it would walk the
 millions of result objects over and over, and nothing made there holds a cycle (10-15%
 of the CPU time).
+
+Each table prints once, in pycocotools' words, followed by its per-category APs
+(`per_category_lines`, a few columns of 'name AP' as Detectron2 prints them):
+faster-coco-eval's own log lines (its table and progress, through `logging`) are
+silenced in every process. `read_results` reads a results file as written by any tool:
+segmentations as polygons, uncompressed or compressed RLE.
 """
 
 import contextlib
@@ -28,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from maskrcnn_jax.data import mask_decoding
 from maskrcnn_jax.evaluation import worker_processes
 
 ENGINES = ('faster_coco_eval', 'pycocotools')
@@ -103,6 +110,8 @@ def _indexed_coco(engine: str, dataset: dict[str, Any]) -> Any:
   """`engine`'s COCO object holding `dataset` (not copied), indexed."""
   coco_class, _ = _modules(engine)
   coco = coco_class()
+  if engine == 'faster_coco_eval':
+    coco.print_function = _ignore  # it logs 'creating index...' through `logging`
   coco.dataset = dataset
   with quiet():
     coco.createIndex()
@@ -112,17 +121,47 @@ def _indexed_coco(engine: str, dataset: dict[str, Any]) -> Any:
 def result_columns(results: list[dict], iou_type: str) -> dict[str, Any]:
   """COCO results -> columns: 'image_id' [n] int64, 'category_id' [n] int64, 'score' [n]
   float64, and 'bbox' [n, 4] float64 xywh ('bbox') or 'size' [n, 2] int64 and 'counts'
-  [n] str, the compressed RLE ('segm'). The values are the results' own (exact)."""
+  [n] str, the compressed RLE ('segm'). The values are the results' own (exact).
+
+  A segm result's 'bbox', if any, is dropped: its area ranges are the mask's area (as
+  Detectron2 evaluates masks). Polygons and uncompressed RLE are refused here;
+  `read_results` (or `compressed_segmentation`) converts them.
+  """
   columns = {'image_id': np.array([r['image_id'] for r in results], np.int64),
              'category_id': np.array([r['category_id'] for r in results], np.int64),
              'score': np.array([r['score'] for r in results], np.float64)}
   if iou_type == 'bbox':
     columns['bbox'] = np.array([r['bbox'] for r in results], np.float64).reshape(-1, 4)
-  else:
-    columns['size'] = np.array([r['segmentation']['size'] for r in results],
-                               np.int64).reshape(-1, 2)
-    columns['counts'] = [r['segmentation']['counts'] for r in results]
+    return columns
+  for k, result in enumerate(results):
+    segmentation = result['segmentation']
+    if not (isinstance(segmentation, dict)
+            and isinstance(segmentation.get('counts'), (str, bytes))):
+      raise ValueError(f'segm result {k}: its segmentation is not compressed RLE '
+                       "({'size', 'counts': str}); coco_eval.read_results converts polygons "
+                       'and uncompressed RLE')
+  columns['size'] = np.array([r['segmentation']['size'] for r in results],
+                             np.int64).reshape(-1, 2)
+  columns['counts'] = [r['segmentation']['counts'] for r in results]
   return columns
+
+
+def compressed_segmentation(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+  """A result's segmentation as compressed RLE {'size': [h, w], 'counts': str}, as
+  pycocotools' `annToRLE` makes it: polygons merged into one mask of the image's size,
+  uncompressed RLE (counts a list) compressed; compressed RLE is returned as it is.
+
+  Raises:
+    ValueError: malformed (mask_decoding.segmentation_to_rle's checks), or an RLE whose
+      size is not the image's.
+  """
+  if isinstance(segmentation, dict) and isinstance(segmentation.get('counts'), str):
+    size = segmentation.get('size')
+    if not isinstance(size, (list, tuple)) or [int(s) for s in size] != [height, width]:
+      raise ValueError(f'RLE size {size} does not match the image size {[height, width]}')
+    return segmentation
+  rle = mask_decoding.segmentation_to_rle(segmentation, height, width)
+  return {'size': [int(s) for s in rle['size']], 'counts': rle['counts'].decode('ascii')}
 
 
 def _result_dicts(columns: dict[str, Any]) -> list[dict]:
@@ -185,7 +224,7 @@ def coco_table(ground_truth: GroundTruth, results: list[dict], iou_type: str,
       'segmentation' (RLE) for 'segm'; not modified.
     iou_type: 'bbox' or 'segm'.
     engine: 'faster_coco_eval' or 'pycocotools'.
-    print_table: prints pycocotools' 12-line table.
+    print_table: prints pycocotools' 12-line table, then the per-category APs.
 
   Returns:
     {STAT_NAMES...: float, 'per_category': {category_id: AP}} with pycocotools' values
@@ -195,7 +234,8 @@ def coco_table(ground_truth: GroundTruth, results: list[dict], iou_type: str,
   table, lines = _evaluate(ground_truth.coco(engine), result_columns(results, iou_type),
                            iou_type, engine)
   if print_table:
-    print('\n'.join(lines))
+    print('\n'.join(lines + per_category_lines(iou_type, table['per_category'],
+                                               ground_truth.dataset['categories'])))
   return table
 
 
@@ -206,7 +246,8 @@ def coco_tables(ground_truth: GroundTruth, results: dict[str, list[dict]],
   """`coco_table` of each iou type of `results` ({'bbox': [...], 'segm': [...]}), up to
   `processes` at once: the first type in this process, the others in spawned processes
   (only with at least `min_results` results in all). The tables are the sequential
-  ones; `print_tables` prints each after all are done, in `results`' order."""
+  ones; `print_tables` prints each (and its per-category APs) after all are done, in
+  `results`' order."""
   for iou_type in results:
     _check(iou_type, engine)
   processes = min(processes, len(results))
@@ -226,8 +267,10 @@ def coco_tables(ground_truth: GroundTruth, results: dict[str, list[dict]],
       evaluated.update({t: future.result() for t, future in futures.items()})
   if print_tables:
     for iou_type in results:
+      table, lines = evaluated[iou_type]
       print(f'COCO {iou_type}: {len(results[iou_type])} results')
-      print('\n'.join(evaluated[iou_type][1]))
+      print('\n'.join(lines + per_category_lines(iou_type, table['per_category'],
+                                                 ground_truth.dataset['categories'])))
   return {iou_type: evaluated[iou_type][0] for iou_type in results}
 
 
@@ -257,6 +300,10 @@ def _evaluate(coco_gt: Any, columns: dict[str, Any], iou_type: str, engine: str
   _, eval_class = _modules(engine)
   with _no_cycle_collection():
     evaluator = eval_class(coco_gt, _load_results(engine, coco_gt, columns), iou_type)
+    if engine == 'faster_coco_eval':
+      # It logs its progress and table through `logging` (absl's handler in a script):
+      # the table would print twice.
+      evaluator.print_function = _ignore
     with quiet():
       evaluator.evaluate()
       evaluator.accumulate()
@@ -268,6 +315,10 @@ def _evaluate(coco_gt: Any, columns: dict[str, Any], iou_type: str, engine: str
     lines = table.getvalue().rstrip('\n').splitlines()
   stats = dict(zip(STAT_NAMES, (float(s) for s in evaluator.stats[:12])))
   return dict(stats, per_category=per_category_ap(evaluator)), lines
+
+
+def _ignore(*args, **kwargs) -> None:
+  del args, kwargs
 
 
 def per_category_ap(evaluator: Any) -> dict[int, float]:
@@ -291,6 +342,27 @@ _TABLE_ROWS = (  # (AP or AR, IoU, area, max dets) of each stat, as pycocotools 
     (0, '0.50:0.95', 'large', 100))
 
 
+def per_category_lines(iou_type: str, per_category: dict[int, float],
+                       categories: list[dict], columns: int = 3) -> list[str]:
+  """The per-category APs in `columns` columns of 'name AP' (AP in percent, '-' where
+  undefined: no ground truth), after a title; Detectron2 prints this table.
+
+  Args:
+    iou_type: 'bbox', 'segm' or 'keypoints', for the title.
+    per_category: {category id: AP 0..1, -1 where undefined} (`per_category_ap`).
+    categories: the ground truth's 'categories' (their 'name' labels the ids).
+  """
+  names = {int(c['id']): str(c.get('name', c['id'])) for c in categories}
+  cells = [(names.get(int(c), str(c))[:24], '-' if ap < 0 else f'{100 * ap:.1f}')
+           for c, ap in per_category.items()]
+  if not cells:
+    return []
+  name_width = max(len(name) for name, _ in cells)
+  cells = [f'{name:<{name_width}} {ap:>5}' for name, ap in cells]
+  return [f'per-category {iou_type} AP:'] + [
+      '  ' + '   '.join(cells[i:i + columns]) for i in range(0, len(cells), columns)]
+
+
 def _table_lines(stats: np.ndarray) -> list[str]:
   lines = []
   for (ap, iou, area, max_dets), value in zip(_TABLE_ROWS, stats):
@@ -306,7 +378,10 @@ def read_results(path: str | os.PathLike, ground_truth: GroundTruth
 
   The type is 'segm' when the entries carry a 'segmentation', else 'bbox'; an empty
   file takes it from its name. Entries are checked against `ground_truth` (known image
-  and category ids, the fields COCOeval reads).
+  and category ids, the fields COCOeval reads). Segmentations may be polygons,
+  uncompressed RLE or compressed RLE (counts a str): the returned results hold
+  compressed RLE (`compressed_segmentation`, as pycocotools converts them), so that
+  the tables are pycocotools' own for the file.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -340,4 +415,14 @@ def read_results(path: str | os.PathLike, ground_truth: GroundTruth
     if result['category_id'] not in category_ids:
       raise ValueError(f'{path}: entry {k} has category_id {result["category_id"]}, which '
                        f'is not in the ground truth')
+    if iou_type == 'segm':
+      image = ground_truth.images[result['image_id']]
+      try:
+        segmentation = compressed_segmentation(result['segmentation'], int(image['height']),
+                                               int(image['width']))
+      except (ValueError, TypeError) as error:
+        raise ValueError(f'{path}: entry {k} (image_id {result["image_id"]}): {error}'
+                         ) from None
+      if segmentation is not result['segmentation']:
+        results[k] = dict(result, segmentation=segmentation)
   return iou_type, results

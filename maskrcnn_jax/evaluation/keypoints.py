@@ -101,4 +101,7 @@ def keypoint_metrics(coco_gt: coco_eval.GroundTruth, results: list[dict],
     evaluator.accumulate()
   evaluator.summarize()
   stats = dict(zip(KEYPOINT_STAT_NAMES, (float(s) for s in evaluator.stats)))
-  return dict(stats, per_category=coco_eval.per_category_ap(evaluator))
+  per_category = coco_eval.per_category_ap(evaluator)
+  print('\n'.join(coco_eval.per_category_lines('keypoints', per_category,
+                                               gt.dataset['categories'])))
+  return dict(stats, per_category=per_category)

@@ -25,8 +25,8 @@ def ground_truth(dataset: structures.CocoDataset) -> coco_eval.GroundTruth:
 
   Read from `dataset.annotation_file` when it is a file. Otherwise (TFDS splits) built
   from the records: boxes as stored (clipped to the image), areas of the segmentation
-  masks, crowd flags, and annotation ids renumbered 1..n (COCOeval takes id 0 for
-  "unmatched").
+  masks (of the box for a box-only instance, which has no 'segmentation'), crowd
+  flags, and annotation ids renumbered 1..n (COCOeval takes id 0 for "unmatched").
   """
   if os.path.isfile(dataset.annotation_file):
     return coco_eval.GroundTruth.from_file(dataset.annotation_file)
@@ -34,18 +34,20 @@ def ground_truth(dataset: structures.CocoDataset) -> coco_eval.GroundTruth:
   for record in dataset.records:
     images.append({'id': record.image_id, 'height': record.height, 'width': record.width})
     for i in range(record.num_instances):
-      segmentation = record.segmentations[i]
-      if isinstance(segmentation, dict) and not isinstance(segmentation['counts'], list):
-        rle = {'size': segmentation['size'], 'counts': segmentation['counts']}  # compressed
-      else:
-        rle = mask_util.frPyObjects(segmentation, record.height, record.width)
-        rle = mask_util.merge(rle) if isinstance(rle, list) else rle
       x1, y1, x2, y2 = (float(v) for v in record.boxes[i])
-      annotations.append({
-          'id': len(annotations) + 1, 'image_id': record.image_id,
-          'category_id': dataset.category_ids[record.classes[i] - 1],
-          'bbox': [x1, y1, x2 - x1, y2 - y1], 'area': float(mask_util.area(rle)),
-          'iscrowd': int(record.is_crowd[i]), 'segmentation': segmentation})
+      annotation = {'id': len(annotations) + 1, 'image_id': record.image_id,
+                    'category_id': dataset.category_ids[record.classes[i] - 1],
+                    'bbox': [x1, y1, x2 - x1, y2 - y1], 'area': (x2 - x1) * (y2 - y1),
+                    'iscrowd': int(record.is_crowd[i])}
+      segmentation = record.segmentations[i]
+      if segmentation is not None:  # None: a box-only instance
+        if isinstance(segmentation, dict) and not isinstance(segmentation['counts'], list):
+          rle = {'size': segmentation['size'], 'counts': segmentation['counts']}  # compressed
+        else:
+          rle = mask_util.frPyObjects(segmentation, record.height, record.width)
+          rle = mask_util.merge(rle) if isinstance(rle, list) else rle
+        annotation.update(area=float(mask_util.area(rle)), segmentation=segmentation)
+      annotations.append(annotation)
   return coco_eval.GroundTruth({
       'images': images, 'annotations': annotations,
       'categories': [{'id': c, 'name': n} for c, n in
@@ -55,7 +57,8 @@ def ground_truth(dataset: structures.CocoDataset) -> coco_eval.GroundTruth:
 def coco_metrics(coco_gt: coco_eval.GroundTruth, bbox_results: list[dict],
                  segm_results: list[dict], class_names_by_category_id: dict[int, str],
                  engine: str = 'faster_coco_eval', processes: int = 1) -> dict[str, Any]:
-  """COCOeval of box and mask results; prints both 12-number tables.
+  """COCOeval of box and mask results; prints both 12-number tables, each followed by
+  its per-category APs.
 
   Args:
     coco_gt: the ground truth.

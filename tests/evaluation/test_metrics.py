@@ -187,3 +187,48 @@ def test_script_evaluates_results_files_without_a_model(tmp_path):
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert "bad.json: entry 0 has no 'category_id'" in result.stderr
+
+
+def test_script_evaluates_polygon_results_printing_each_table_once(tmp_path):
+  """A results file whose segmentations are the ground truth's own (polygons and RLE),
+  as another tool may write them: each table printed once (not again in
+  faster-coco-eval's log lines), with its per-category APs."""
+  dataset = _shapes_split(tmp_path)
+  with open(dataset.annotation_file) as f:
+    annotations = json.load(f)['annotations']
+  segm_results = [{'image_id': a['image_id'], 'category_id': a['category_id'], 'score': 1.0,
+                   'segmentation': a['segmentation']} for a in annotations if not a['iscrowd']]
+  assert {type(r['segmentation']) for r in segm_results} == {list, dict}  # polygons and RLE
+  path = tmp_path / 'results_segm.json'
+  path.write_text(json.dumps(segm_results))
+  result = subprocess.run(
+      [sys.executable, 'scripts/evaluate.py', '--results', str(path),
+       f'--annotations={dataset.annotation_file}', f'--workdir={tmp_path / "eval"}'],
+      cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+  assert written['segm']['AP'] == pytest.approx(1.0)
+  printed = result.stdout + result.stderr
+  assert printed.count('Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all') == 1, printed
+  assert printed.count('per-category segm AP:') == 1
+  table = result.stdout[result.stdout.index('per-category segm AP:'):].splitlines()[1:3]
+  assert all(f'{name} 100.0' in ' '.join(' '.join(table).split())
+             for name in dataset.class_names), table
+
+
+def test_ground_truth_of_records_with_box_only_instances(tmp_path):
+  """A TFDS split's records may hold box-only instances (segmentation None): their
+  ground truth has the box's area and no segmentation, and the boxes evaluate."""
+  dataset = _shapes_split(tmp_path, num_images=4)
+  record = dataset.records[0]
+  box_only = dataclasses.replace(record, segmentations=(None,) + record.segmentations[1:])
+  no_file = dataclasses.replace(dataset, records=[box_only] + list(dataset.records[1:]),
+                                annotation_file=str(tmp_path / 'tfds val'))
+  gt = metrics_lib.ground_truth(no_file)
+  first = gt.dataset['annotations'][0]
+  x1, y1, x2, y2 = record.boxes[0].tolist()
+  assert 'segmentation' not in first and first['area'] == (x2 - x1) * (y2 - y1)
+  bbox_results, _ = _gt_as_results(dataset)
+  metrics = metrics_lib.coco_metrics(gt, bbox_results, None, _names(dataset))
+  assert metrics['bbox']['AP'] == pytest.approx(1.0) and 'segm' not in metrics
