@@ -83,24 +83,50 @@ def restore_train_state(directory: str, step: int, like: Any) -> Any:
     return manager.restore(step, args=ocp.args.StandardRestore(like))
 
 
-def load_variables(path: str) -> dict[str, Any]:
-  """{'params', 'batch_stats'} as NumPy arrays from any checkpoint this package writes.
+def variables_item(path: str) -> tuple[str, int | None]:
+  """(the orbax item directory `load_variables(path)` reads, its training step or None).
 
-  `path` is a `save_variables` directory, a training checkpoint directory (its newest
-  step is read) or one step directory of it. Only the variables are read, never the
-  optimizer state, and every array comes back on the host whatever mesh saved it.
+  `path` is a `save_variables` directory (step None), a training checkpoint directory
+  (its newest step), one step directory of it or that step's item, or a training
+  workdir (its `checkpoints` folder's newest step).
+
+  Raises:
+    FileNotFoundError: `path` is no directory, or a workdir or checkpoints folder with no
+      complete step.
   """
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(f'no checkpoint directory at {path}')
   item = os.path.join(path, 'default')  # CheckpointManager's item inside a step directory
-  if not os.path.isdir(item):
-    step = latest_train_step(path)
-    item = path if step is None else os.path.join(path, str(step), 'default')
+  if os.path.isdir(item):
+    name = os.path.basename(path)
+    return item, int(name) if name.isdigit() else None
+  if os.path.basename(path) == 'default' and os.path.basename(os.path.dirname(path)).isdigit():
+    return path, int(os.path.basename(os.path.dirname(path)))
+  folder = os.path.join(path, 'checkpoints')  # a training workdir
+  if os.path.isdir(folder):
+    step = latest_train_step(folder)
+    if step is None:
+      raise FileNotFoundError(f'{folder} holds no complete training checkpoint yet')
+    return os.path.join(folder, str(step), 'default'), step
+  step = latest_train_step(path)
+  return (path, None) if step is None else (os.path.join(path, str(step), 'default'), step)
+
+
+def load_variables(path: str) -> dict[str, Any]:
+  """{'params', 'batch_stats'} as NumPy arrays from any checkpoint this package writes.
+
+  `path` is what `variables_item` takes: a `save_variables` directory, a training
+  checkpoint directory (its newest step is read), one step directory of it, or a
+  training workdir. Only the variables are read, never the optimizer state, and every
+  array comes back on the host whatever mesh saved it.
+  """
+  item, _ = variables_item(path)
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(item).item_metadata
   if metadata is None:
-    raise FileNotFoundError(f'{path} holds no variables or training checkpoint')
+    raise FileNotFoundError(f'{os.path.abspath(path)} holds no variables or training '
+                            'checkpoint')
   tree = metadata.tree
   if not isinstance(tree, dict) or 'params' not in tree:
     raise ValueError(f'checkpoint {item} has no params (top-level keys: '

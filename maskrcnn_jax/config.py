@@ -11,6 +11,8 @@ import os
 
 import ml_collections
 
+from maskrcnn_jax.train import workdir as workdir_lib
+
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)  # ImageNet mean on 0..255 RGB
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 
@@ -221,9 +223,21 @@ def default_config() -> ml_collections.ConfigDict:
   e.coco_eval_workers = -1
   # COCOeval's per-keypoint OKS sigmas; () takes COCO's 17 person sigmas (K must be 17).
   e.keypoint_oks_sigmas = ()
+  # Val images drawn with their predictions into TensorBoard at each evaluation of a
+  # training run (the first N of the val split); 0 draws none.
+  e.tensorboard_images = 4
 
   c.lock()
   return c
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """`default_config()`: this file is itself a config file, the scripts' --config default.
+
+  ml_collections defines the `--config.<key>` override flags from the default's keys, so
+  scripts reading a run's saved config accept overrides without --config.
+  """
+  return default_config()
 
 
 def load_config_file(path: str | os.PathLike, arg: str | None = None
@@ -244,3 +258,16 @@ def load_config_file(path: str | os.PathLike, arg: str | None = None
   if not callable(get_config):
     raise AttributeError(f'config file {path} defines no get_config()')
   return get_config() if arg is None else get_config(arg)
+
+
+def load_run_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a training run saved, from its workdir or any checkpoint path inside it.
+
+  `path` is what scripts' --checkpoint takes of a run: the workdir, its checkpoints
+  folder or one step. Keys newer than the run keep this version's defaults.
+  """
+  run = workdir_lib.find_run(os.fspath(path))
+  if run is None:
+    raise FileNotFoundError(f'{path} is not in a training run (no '
+                            f'{workdir_lib.CONFIG_FILE} beside its checkpoints folder)')
+  return workdir_lib.load_run_config(run, default_config())

@@ -1,10 +1,14 @@
 r"""Exports a checkpoint's inference forward for serving (maskrcnn_jax/inference/export.py).
 
-  python scripts/export.py --config configs/maskrcnn_r50_fpn_1x.py \
-      --checkpoint runs/r50_1x/checkpoints --format stablehlo --batch 8 --out exported/
+  python scripts/export.py --checkpoint runs/r50_1x --format stablehlo --batch 8 \
+      --out exported/
 
-`--checkpoint` is what scripts/evaluate.py takes. Writes <out>/model.stablehlo (the
-forward at one canvas and batch, weights inside, for cpu, cuda and tpu) and
+`--checkpoint` is what scripts/evaluate.py takes; a training run's checkpoint brings the
+config the run saved, so --config is optional there (`--config.<key>=<value>` overrides
+apply on top of it; a --config given replaces it, with a note naming the keys where
+they differ), and converted weights need --config. A checkpoint whose variables do not
+fit the config's model is refused before anything is traced. Writes <out>/model.stablehlo
+(the forward at one canvas and batch, weights inside, for cpu, cuda and tpu) and
 <out>/metadata.json; `--format saved_model` writes <out>/saved_model (TensorFlow) and
 `--format onnx` <out>/model.onnx (jax2onnx, for onnxruntime) in its place. `--canvas HxW`
 picks another of the config's canvases than data.image_size. Category names come from
@@ -20,16 +24,17 @@ import os
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from maskrcnn_jax import checkpoint
 from maskrcnn_jax import cli
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import transforms
 from maskrcnn_jax.inference import export
+from maskrcnn_jax.inference import predictor
+from maskrcnn_jax.train import preflight
 from maskrcnn_jax.train import workdir as workdir_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file')
+cli.define_config_flag()  # read by cli.run_config
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'a checkpoint directory (see above)')
 _FORMAT = flags.DEFINE_enum('format', 'stablehlo', ['stablehlo', 'saved_model', 'onnx'],
                             'artifact format (saved_model needs TensorFlow, onnx jax2onnx)')
@@ -58,11 +63,12 @@ def parse_canvas(text: str, config) -> tuple[int, int]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  if config is None or not _CHECKPOINT.value or not _OUT.value:
-    raise app.UsageError('--config, --checkpoint and --out are required')
+  if not _CHECKPOINT.value or not _OUT.value:
+    raise app.UsageError('--checkpoint and --out are required')
   if _BATCH.value <= 0:
     raise app.UsageError(f'--batch must be positive; got {_BATCH.value}')
+  config = cli.run_config(_CHECKPOINT.value)
+  preflight.check_canvases(config)
   canvas = parse_canvas(_CANVAS.value, config)
   ids = names = None
   categories = (coco.read_categories(_ANNOTATIONS.value) if _ANNOTATIONS.value
@@ -72,6 +78,7 @@ def main(argv):
     coco.check_num_classes(config.model.num_classes, ids,
                            _ANNOTATIONS.value or _CHECKPOINT.value)
   variables = checkpoint.load_variables(_CHECKPOINT.value)
+  predictor.check_variables(config, variables, _CHECKPOINT.value)
   meta = export.metadata(config, _BATCH.value, canvas, names, ids, _FORMAT.value)
   if _FORMAT.value in ('saved_model', 'onnx'):
     write = export.export_saved_model if _FORMAT.value == 'saved_model' else export.export_onnx

@@ -95,6 +95,30 @@ def test_load_variables_reads_every_kind_of_checkpoint(tmp_path):
       assert all(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(loaded[key]))
 
 
+def test_a_training_workdir_reads_its_newest_step_and_each_path_names_its_step(tmp_path):
+  workdir = tmp_path / 'run'
+  for step in (10, 20):
+    checkpoint.save_train_state(str(workdir / 'checkpoints'), step, _model_train_state(step),
+                                keep=3)
+  (workdir / 'tensorboard').mkdir()  # what else a workdir holds
+  loaded = checkpoint.load_variables(str(workdir))
+  jax.tree.map(np.testing.assert_array_equal, loaded['params'],
+               _model_train_state(20).params)
+  steps = workdir / 'checkpoints'
+  for path, expected in ((workdir, (steps / '20' / 'default', 20)),
+                         (steps, (steps / '20' / 'default', 20)),
+                         (steps / '10', (steps / '10' / 'default', 10)),
+                         (steps / '10' / 'default', (steps / '10' / 'default', 10))):
+    assert checkpoint.variables_item(str(path)) == (str(expected[0]), expected[1]), path
+  checkpoint.save_variables(str(tmp_path / 'converted'), _variables())
+  assert checkpoint.variables_item(str(tmp_path / 'converted')) == (
+      str(tmp_path / 'converted'), None)
+  (tmp_path / 'new_run' / 'checkpoints').mkdir(parents=True)  # started, nothing saved yet
+  with pytest.raises(FileNotFoundError, match='new_run/checkpoints holds no complete '
+                     'training checkpoint yet'):
+    checkpoint.load_variables(str(tmp_path / 'new_run'))
+
+
 def test_load_variables_names_a_path_without_a_checkpoint(tmp_path):
   with pytest.raises(FileNotFoundError, match='nowhere'):
     checkpoint.load_variables(str(tmp_path / 'nowhere'))

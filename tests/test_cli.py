@@ -73,10 +73,34 @@ def test_help_lists_the_common_config_keys_with_defaults():
 
 def test_error_line():
   assert cli.error_line(KeyError('num_stepz')) == 'num_stepz'
-  assert cli.error_line(OSError('Failed loading\n  Attempted:\n  [Errno 2] no x.py')) == (
-      '[Errno 2] no x.py')
+  # Every line, the first (which names the problem) included.
+  assert cli.error_line(ValueError('checkpoint x does not fit:\n  kernel (256, 5)\n'
+                                   '  expected (256, 81)')) == (
+      'checkpoint x does not fit: kernel (256, 5) expected (256, 81)')
   assert cli.error_line(ValueError('a\nb')) == 'a b'
   assert cli.error_line(ValueError()) == 'ValueError'
+
+
+def test_a_long_error_is_cut_near_500_characters_on_a_word():
+  words = ' '.join(f'key{i}' for i in range(400))  # 2,289 characters
+  line = cli.error_line(ValueError(f'unexpected keys:\n{words}'))
+  assert line.endswith(' ...') and 400 <= len(line) <= cli.MAX_ERROR_CHARS + 4
+  kept = line[:-len(' ...')]
+  assert f'unexpected keys: {words}'.startswith(kept + ' ')  # cut between two words
+  unbroken = cli.error_line(ValueError('x' * 2000))
+  assert unbroken == 'x' * cli.MAX_ERROR_CHARS + ' ...'
+
+
+def test_a_usage_error_is_one_line_and_a_pointer_to_help(tmp_path):
+  for args, message in (
+      ([], 'evaluate.py: error: --checkpoint and --workdir are required (or --results)'),
+      ([f'--checkpoint={tmp_path}', f'--workdir={tmp_path / "eval"}'],
+       f'evaluate.py: error: --config is required: --checkpoint {tmp_path} is not in a '
+       'training run (no config.json beside its checkpoints folder)')):
+    result = _run('evaluate.py', *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert _error_lines(result.stderr) == [message, '(evaluate.py --help lists the flags)']
+    assert result.stdout == ''  # no --help text
 
 
 def test_library_noise_is_filtered_and_real_warnings_kept():

@@ -177,3 +177,21 @@ def test_unknown_override_on_the_command_line_is_an_error():
       cwd=REPO_ROOT, capture_output=True, text=True)
   assert result.returncode != 0
   assert 'nms_treshold' in result.stderr
+
+
+def test_overrides_parse_without_config_when_the_default_is_the_package_defaults(
+    monkeypatch):
+  """What scripts/predict.py, evaluate.py and export.py rely on to apply overrides to a
+  run's saved config: ml_collections defines the override flags from the default file."""
+  argv = ['prog', '--config.model.num_classes=3', '--config.data.image_size=128,192']
+  monkeypatch.setattr(sys, 'argv', argv)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', config_lib.__file__, 'a config file',
+                                  flag_values=flag_values)
+  flag_values(argv)
+  assert not flag_values['config'].present
+  assert config_flags.get_override_values(flag_values['config']) == {
+      'model.num_classes': 3, 'data.image_size': (128, 192)}
+  assert _changed(flag_values.config, config_lib.default_config()) == {
+      'model.num_classes': 3, 'data.image_size': (128, 192)}
+  assert config_lib.get_config().to_dict() == config_lib.default_config().to_dict()

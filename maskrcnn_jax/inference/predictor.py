@@ -1,4 +1,8 @@
-"""`Predictor`: images of any size in, detections in original-image pixels out."""
+"""`Predictor`: images of any size in, detections in original-image pixels out.
+
+`check_variables` compares a checkpoint's variables with the model a config builds,
+before anything is compiled.
+"""
 
 from typing import Any, Sequence
 
@@ -12,6 +16,100 @@ from maskrcnn_jax.inference import keypoint_decoding
 from maskrcnn_jax.inference import serving
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.runtime import compiler
+
+
+# The config key most likely behind a variable of another shape, by where it lies, the
+# most upstream modules first: a change there reshapes the inputs of what follows.
+_SHAPE_KEYS = (
+    ('backbone/', 'model.backbone (depth, base_width, groups, width_per_group)'),
+    ('fpn/', 'model.fpn.channels'),
+    ('rpn/cls_logits/', 'model.anchors.aspect_ratios'),
+    ('rpn/bbox_pred/', 'model.anchors.aspect_ratios'),
+    ('rpn/', 'model.fpn.channels'),
+    ('box_head/cls_score/', 'model.num_classes'),
+    ('box_head/bbox_pred/', 'model.num_classes'),
+    ('box_head/', 'model.box_head (fc_dim, pooled_size)'),
+    ('mask_head/mask_fcn_logits/', 'model.num_classes or model.class_agnostic_mask'),
+    ('mask_head/', 'model.mask_head (conv_dim, pooled_size)'),
+    ('keypoint_head/kps_score_lowres/', 'model.keypoint_head.num_keypoints'),
+    ('keypoint_head/', 'model.keypoint_head (conv_dim, pooled_size)'),
+)
+# ... and behind a variable only one side has.
+_PRESENCE_KEYS = (
+    ('backbone/', 'model.backbone (depth, norm)'),
+    ('mask_head/', 'model.mask_head (enabled, num_convs)'),
+    ('keypoint_head/', 'model.keypoint_head (enabled, num_convs)'),
+)
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'params/box_head/cls_score/kernel': shape} of every array of a variables tree."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(np.shape(leaf))
+          for path, leaf in leaves}
+
+
+def _rank(path: str) -> tuple[int, bool, str]:
+  """Upstream modules first (`_SHAPE_KEYS` order), kernels before biases, then by path."""
+  module = path.split('/', 1)[-1] + '/'
+  ranks = [i for i, (prefix, _) in enumerate(_SHAPE_KEYS) if module.startswith(prefix)]
+  return (ranks[0] if ranks else len(_SHAPE_KEYS), path.endswith('/bias'), path)
+
+
+def _likely_key(path: str, keys: tuple[tuple[str, str], ...]) -> str:
+  module = path.split('/', 1)[-1] + '/'
+  return next((key for prefix, key in keys if module.startswith(prefix)), 'the model config')
+
+
+def _more(count: int) -> str:
+  return f' (and {count} more)' if count else ''
+
+
+def check_variables(config: ml_collections.ConfigDict, variables: Any,
+                    source: str = 'the variables') -> None:
+  """Raises ValueError unless `variables` fit `MaskRCNN(config.model)` exactly.
+
+  The model's variable shapes come from `jax.eval_shape` of its init (traced, never
+  compiled). The message is one line: the first differing variable path, both shapes
+  and the config key most likely behind it.
+
+  Args:
+    config: a full config (`model` and `data.image_size` are read).
+    variables: {'params': ..., 'batch_stats': ...} arrays (anything with a shape).
+    source: what holds them, for the message (a checkpoint path).
+  """
+  height, width = (int(v) for v in config.data.image_size)
+  expected = _flat_shapes(jax.eval_shape(
+      mask_rcnn.MaskRCNN(config.model).init, jax.random.key(0),
+      jax.ShapeDtypeStruct((1, height, width, 3), np.uint8),
+      jax.ShapeDtypeStruct((1, image_info.SIZE), np.float32)))
+  found = _flat_shapes(variables)
+  missing = sorted(set(expected) - set(found), key=_rank)
+  if missing:
+    key = _likely_key(missing[0], _PRESENCE_KEYS)
+    raise ValueError(f'{source} lacks the variable {missing[0]}{_more(len(missing) - 1)} '
+                     f"that this config's model has: check {key} against the config that "
+                     'trained it')
+  extra = sorted(set(found) - set(expected), key=_rank)
+  if extra:
+    key = _likely_key(extra[0], _PRESENCE_KEYS)
+    raise ValueError(f'{source} has the variable {extra[0]}{_more(len(extra) - 1)} that '
+                     f"this config's model has not: check {key} against the config that "
+                     'trained it')
+  differ = sorted((p for p in expected if expected[p] != found[p]), key=_rank)
+  if not differ:
+    return
+  # A variable whose own output axis differs names the cause; its successors differ
+  # only in their input axes.
+  path = next((p for p in differ if expected[p][-1:] != found[p][-1:]), differ[0])
+  key = _likely_key(path, _SHAPE_KEYS)
+  if '/cls_score/' in path and found[path][-1:] != expected[path][-1:]:
+    key += (f' (the checkpoint has {found[path][-1] - 1} classes, this config '
+            f'{config.model.num_classes})')  # K classes and the background
+  raise ValueError(
+      f'{source}: variable {path} has shape {found[path]} but the model of this config '
+      f'needs {expected[path]}{_more(len(differ) - 1)}: check {key} against the config '
+      'that trained it')
 
 
 def _keypoints(outputs: dict[str, np.ndarray], index: int, original_hw: tuple[int, int],
@@ -44,6 +142,7 @@ class Predictor:
       category_ids: dataset category id of each class 1..K; None keeps the class
         index itself (torchvision's COCO models use category ids as labels).
     """
+    check_variables(config, variables)
     self._config = config
     self._variables = jax.device_put(variables)
     self._class_to_id = serving.category_ids_of_classes(config.model.num_classes,
