@@ -7,9 +7,12 @@ Writes the synthetic shapes dataset (COCO JSON + PNGs) under <workdir>/shapes, t
 command again resumes), evaluates the final model with COCO metrics on the val split
 (<workdir>/eval/metrics.json) and draws its predictions for a few val images into
 <workdir>/predictions. Any config key can be overridden: --config.train.num_steps=200.
+Ctrl-C saves a checkpoint of the step in flight and exits (status 130): run the command
+again to resume.
 """
 
 import os
+import sys
 import time
 
 from absl import flags
@@ -45,7 +48,11 @@ def main(argv):
   print(f'shapes dataset: {_NUM_TRAIN.value} train and {_NUM_VAL.value} val images in '
         f'{time.perf_counter() - start:.1f}s')
 
-  result = loop.train_and_evaluate(config, workdir)
+  try:
+    result = loop.train_and_evaluate(config, workdir)
+  except loop.Interrupted as stopped:
+    print(f'{os.path.basename(sys.argv[0])}: {stopped}', file=sys.stderr)
+    sys.exit(stopped.exit_status)
   metrics = result['eval']
   keypoint_ap = (f', keypoint AP {metrics["keypoints"]["AP"]:.3f}'
                  if 'keypoints' in metrics else '')

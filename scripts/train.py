@@ -7,7 +7,13 @@ Any config key can be overridden with --config.<key>=<value>; an unknown key is 
 error. The run's config is saved as <workdir>/config.json: resuming with other values
 (train.num_steps, paths and a few more excepted) is refused. Multi-host: one process per
 host, see distributed_flags.py and the README.
+
+Ctrl-C (SIGINT) or SIGTERM saves a checkpoint of the step in flight, then exits with
+status 130 or 143 and one line saying where it stopped; a second Ctrl-C stops at once.
 """
+
+import os
+import sys
 
 from absl import app
 from absl import flags
@@ -26,7 +32,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   distributed_flags.initialize()
-  result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except loop.Interrupted as stopped:
+    print(f'{os.path.basename(sys.argv[0])}: {stopped}', file=sys.stderr)
+    sys.exit(stopped.exit_status)
   metrics = result['eval']
   if metrics:
     print(f'step {result["step"]}: bbox AP {metrics["bbox"]["AP"]:.4f}, '

@@ -28,6 +28,7 @@ import math
 import mmap
 import os
 import pickle
+import signal
 import tempfile
 import weakref
 from typing import Any, Callable, Iterator, Sequence
@@ -201,6 +202,13 @@ def shared_zeros(shape: Sequence[int], dtype: Any) -> np.ndarray:
   return shared_memory_array.SharedMemoryArray(tuple(shape), dtype)
 
 
+def _ignore_sigint(worker_index: int, num_workers: int) -> None:
+  """A grain worker's start: a terminal's Ctrl-C reaches the whole process group, and
+  the training loop stops the workers itself (train/loop.py)."""
+  del worker_index, num_workers
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def iterate(make_batch: Callable[[int], dict[str, np.ndarray]], start_step: int,
             num_steps: int | None, num_workers: int, prefetch: int) -> 'Stream':
   """`make_batch(step)` for step = start_step, ... (endless when num_steps is None).
@@ -228,7 +236,8 @@ def iterate(make_batch: Callable[[int], dict[str, np.ndarray]], start_step: int,
     dataset = grain.experimental.WithOptionsIterDataset(
         dataset, grain.experimental.DatasetOptions(min_shm_size=SHARED_MIN_BYTES))
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=max(1, math.ceil(prefetch / num_workers))))
+        num_workers=num_workers, per_worker_buffer_size=max(1, math.ceil(prefetch / num_workers))),
+        worker_init_fn=_ignore_sigint)
   iterator = iter(dataset)
   iterator.start_prefetch()
   return Stream(iterator)

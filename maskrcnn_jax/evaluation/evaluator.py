@@ -16,6 +16,10 @@ Ground truth: the split's annotation file when there is one (the official protoc
 file's own areas, boxes and crowd regions); a TFDS split has no file, so its ground
 truth is rebuilt from the dataset records (`metrics.ground_truth`).
 
+A call may also keep the detections of the split's first images (`keep_images`), as
+`KeptImage`s in each image's own pixels, for a training run to draw into TensorBoard
+without a second inference pass.
+
 Multi-host: only process 0 pastes, encodes, evaluates and writes files; the metrics are
 then broadcast, so every process returns the same dict.
 """
@@ -27,15 +31,17 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+from pycocotools import mask as mask_util
 import tqdm
 
 from maskrcnn_jax.data import examples
+from maskrcnn_jax.data import image_files
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import structures
 from maskrcnn_jax.evaluation import coco_eval
@@ -67,6 +73,46 @@ def category_id_of_class(num_classes: int, dataset: structures.CocoDataset) -> t
   raise ValueError(f'config.model.num_classes = {num_classes} but {dataset.annotation_file} '
                    f'has {dataset.num_classes} categories (ids up to '
                    f'{max(dataset.category_ids)})')
+
+
+class KeptImage(NamedTuple):
+  """One evaluated image and its detections, in the original image's pixels."""
+  image_id: int
+  pixels: np.ndarray  # [height, width, 3] uint8 RGB
+  # As a `Predictor` gives them: boxes [n, 4] float32 x1y1x2y2, scores [n] float32,
+  # classes [n] int32 category ids; masks [n, height, width] bool with the mask head,
+  # keypoints [n, K, 3] (x, y, 1) and keypoint_scores [n, K] with the keypoint head.
+  detections: dict[str, np.ndarray]
+
+
+def kept_image(record: structures.ImageRecord, bbox_results: Sequence[dict],
+               segm_results: Sequence[dict] | None,
+               keypoint_results: Sequence[dict] | None) -> KeptImage:
+  """`record`'s image and its detections, from its COCO results (in their order).
+
+  Args:
+    record: the image.
+    bbox_results: its COCO bbox results (xywh boxes, category ids).
+    segm_results: its segm results, one per bbox result (RLE masks); None: no masks.
+    keypoint_results: its keypoint results, one per bbox result; None: no keypoints.
+  """
+  xywh = np.array([r['bbox'] for r in bbox_results], np.float32).reshape(-1, 4)
+  detections = {'boxes': np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1),
+                'scores': np.array([r['score'] for r in bbox_results], np.float32),
+                'classes': np.array([r['category_id'] for r in bbox_results], np.int32)}
+  if segm_results is not None:
+    masks = np.zeros((len(segm_results), record.height, record.width), bool)
+    if segm_results:
+      masks = mask_util.decode([r['segmentation'] for r in segm_results]).transpose(2, 0, 1)
+    detections['masks'] = masks.astype(bool)
+  if keypoint_results is not None:
+    points = np.array([r['keypoints'] for r in keypoint_results],
+                      np.float32).reshape(len(keypoint_results), -1, 3)
+    detections['keypoint_scores'] = points[..., 2].copy()
+    points[..., :2] += 0.5  # COCO's pixel indices back to continuous coordinates
+    points[..., 2] = 1.0
+    detections['keypoints'] = points
+  return KeptImage(record.image_id, image_files.read_image(record), detections)
 
 
 def _broadcast_from_process_0(value: Any) -> Any:
@@ -106,6 +152,8 @@ class Evaluator:
     self._is_main = jax.process_index() == 0
     self._coco_gt = metrics_lib.ground_truth(dataset) if self._is_main else None
     self._class_names = dict(zip(dataset.category_ids, dataset.class_names))
+    # The first images of the split and their detections, by the last call's `keep_images`.
+    self.kept_images: list[KeptImage] = []
     model = model or mask_rcnn.MaskRCNN(config.model)
 
     def forward(variables, images, image_info, image_id):
@@ -132,9 +180,23 @@ class Evaluator:
       return coco_results.batch_results(*args)
     return processes.submit(coco_results.batch_results, *args).result()
 
+  def _kept_images(self, count: int, bbox_results: list[dict], segm_results: list[dict] | None,
+                   keypoint_list: list[dict] | None) -> list[KeptImage]:
+    """The split's first `count` images and their detections (`kept_image`)."""
+    records = [self._dataset.records[i] for i in range(min(count, len(self._dataset)))]
+    results = {record.image_id: ([], [], []) for record in records}
+    for column, listed in enumerate((bbox_results, segm_results, keypoint_list)):
+      for result in listed or ():
+        if result['image_id'] in results:
+          results[result['image_id']][column].append(result)
+    return [kept_image(record, results[record.image_id][0],
+                       None if segm_results is None else results[record.image_id][1],
+                       None if keypoint_list is None else results[record.image_id][2])
+            for record in records]
+
   def __call__(self, variables: Any, workdir: str | None = None,
                progress: bool = True, checkpoint: str | None = None,
-               step: int | None = None) -> dict[str, Any]:
+               step: int | None = None, keep_images: int = 0) -> dict[str, Any]:
     """Evaluates `variables` ({'params', 'batch_stats'}) on the whole split.
 
     Args:
@@ -142,6 +204,8 @@ class Evaluator:
       workdir: where results and metrics go (None: nowhere).
       progress: a progress bar on process 0.
       checkpoint, step: where `variables` came from, recorded in the metrics.
+      keep_images: on process 0, keep the first `keep_images` images of the split with
+        their detections in `self.kept_images` (`KeptImage`s; [] on other processes).
 
     Returns:
       `metrics_lib.coco_metrics(...)` plus 'images' (evaluated), 'seconds' and 'images_per_second'
@@ -198,9 +262,12 @@ class Evaluator:
     bar.close()
 
     metrics = None
+    self.kept_images = []
     if self._is_main:
       if not self._config.model.mask_head.enabled:
         segm_results = None
+      self.kept_images = self._kept_images(keep_images, bbox_results, segm_results,
+                                           keypoint_list if with_keypoints else None)
       eval_config = self._config.eval
       metrics = metrics_lib.coco_metrics(self._coco_gt, bbox_results, segm_results,
                                          self._class_names, eval_config.engine,
@@ -230,4 +297,3 @@ def _block_until_ready(outputs: Any) -> tuple[list, list]:
   """Worker task of processes other than 0: waits for the batch, keeps nothing."""
   jax.block_until_ready(outputs)
   return [], []
-

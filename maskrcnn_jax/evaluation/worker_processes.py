@@ -8,6 +8,7 @@ imports.
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 import sys
 import types
 from typing import Any
@@ -51,6 +52,8 @@ _barrier = None  # a worker process's start barrier (`process_pool(started=True)
 
 def _keep_barrier(barrier: Any) -> None:
   global _barrier  # pylint: disable=global-statement
+  # A terminal's Ctrl-C reaches the whole process group; the parent decides what stops.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   _barrier = barrier
 
 

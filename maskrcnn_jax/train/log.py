@@ -1,7 +1,10 @@
-"""What a training run reports: a progress bar, log lines and TensorBoard scalars.
+"""What a training run reports: a progress bar, log lines, TensorBoard scalars and images.
 
-Only process 0 writes; the others keep quiet. TensorBoard event files go to
-`<workdir>/tensorboard` (view with `tensorboard --logdir <workdir>/tensorboard`).
+Only process 0 writes; the others keep quiet. The bar shows only when stderr is a
+terminal (redirected to a file, as under SLURM, nohup or CI, the log lines are the
+progress report). Speeds and ETAs count from the end of the first step, so that its
+compilation does not count. TensorBoard event files go to `<workdir>/tensorboard` (view
+with `tensorboard --logdir <workdir>/tensorboard`).
 """
 
 import logging
@@ -10,6 +13,7 @@ import sys
 import time
 from typing import Mapping
 
+import numpy as np
 import tensorboardX
 import tqdm
 
@@ -49,8 +53,14 @@ def format_seconds(seconds: float) -> str:
   return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
 
 
+def stderr_is_terminal() -> bool:
+  """Whether stderr is a terminal, where progress bars belong."""
+  isatty = getattr(sys.stderr, 'isatty', None)
+  return bool(isatty and isatty())
+
+
 class TrainLog:
-  """Progress bar, periodic log lines and TensorBoard scalars of one run."""
+  """Progress bar, periodic log lines, TensorBoard scalars and images of one run."""
 
   def __init__(self, workdir: str, start_step: int, num_steps: int, batch_size: int,
                enabled: bool = True):
@@ -64,18 +74,32 @@ class TrainLog:
     self._enabled = enabled
     self._num_steps = num_steps
     self._batch_size = batch_size
-    self._last_step, self._last_time = start_step, time.perf_counter()
+    self._done = start_step  # steps finished, as `advance` counts them
+    # The step and time speeds count from: the end of the first step (None before it).
+    self._last_step, self._last_time = None, None
     self._writer = None
     self._bar = None
     self._streams = []  # (handler, its stream) while log lines go above the bar
     if enabled:
       self._writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-      self._bar = tqdm.tqdm(total=num_steps, initial=start_step, unit='step',
-                            dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
-      for handler in _console_handlers():
-        self._streams.append((handler, handler.setStream(_AboveTheBar(handler.stream))))
+      if stderr_is_terminal():
+        self._bar = tqdm.tqdm(total=num_steps, initial=start_step, unit='step',
+                              dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+        for handler in _console_handlers():
+          self._streams.append((handler, handler.setStream(_AboveTheBar(handler.stream))))
+
+  @property
+  def shows_bars(self) -> bool:
+    """Whether progress bars show (process 0, stderr a terminal): evaluation's too."""
+    return self._bar is not None
 
   def advance(self, steps: int = 1) -> None:
+    """Counts `steps` more finished steps."""
+    self._done += steps
+    if self._last_step is None:  # the first step, with its compilation, ends now
+      self._last_step, self._last_time = self._done, time.perf_counter()
+      if self._bar is not None:
+        self._bar.unpause()  # the bar's rate, too, from here
     if self._bar is not None:
       self._bar.update(steps)
 
@@ -83,27 +107,37 @@ class TrainLog:
                     skipped_images: int = 0) -> None:
     """Logs the mean `metrics` of the steps since the last call, with speed and ETA.
 
+    Speed and ETA are those of the steps since the last call, the first step excepted
+    (it compiles): a call at the first step has none yet, and says so.
+
     `skipped_images`: the training images found unreadable so far (data.corrupt_images),
     written as data/skipped_images and named in the line when there are any.
     """
     now = time.perf_counter()
-    steps_per_second = (step - self._last_step) / max(now - self._last_time, 1e-9)
-    self._last_step, self._last_time = step, now
+    speed = None  # steps per second
+    if self._last_step is not None and step > self._last_step:
+      speed = (step - self._last_step) / max(now - self._last_time, 1e-9)
+      self._last_step, self._last_time = step, now
     if not self._enabled:
       return
-    images_per_second = steps_per_second * self._batch_size
-    eta = (self._num_steps - step) / max(steps_per_second, 1e-9)
     for name, value in metrics.items():
       self._writer.add_scalar(f'train/{name}', value, step)
-    self._writer.add_scalar('train/images_per_second', images_per_second, step)
+    if speed is not None:
+      self._writer.add_scalar('train/images_per_second', speed * self._batch_size, step)
     self._writer.add_scalar('data/skipped_images', skipped_images, step)
     self._writer.flush()
-    self._bar.set_postfix(loss=f'{metrics["total"]:.3f}', lr=f'{metrics["learning_rate"]:.2g}',
-                          refresh=False)
+    if self._bar is not None:
+      self._bar.set_postfix(loss=f'{metrics["total"]:.3f}',
+                            lr=f'{metrics["learning_rate"]:.2g}', refresh=False)
     terms = ' '.join(f'{name} {value:.4g}' for name, value in metrics.items())
     skipped = f' | {skipped_images} unreadable images skipped' if skipped_images else ''
-    logging.info('step %d/%d: %s | %.1f images/s%s | ETA %s', step, self._num_steps, terms,
-                 images_per_second, skipped, format_seconds(eta))
+    if speed is None:
+      logging.info('step %d/%d: %s%s | images/s and ETA after the first steps', step,
+                   self._num_steps, terms, skipped)
+    else:
+      eta = (self._num_steps - step) / max(speed, 1e-9)
+      logging.info('step %d/%d: %s | %.1f images/s%s | ETA %s', step, self._num_steps, terms,
+                   speed * self._batch_size, skipped, format_seconds(eta))
 
   def eval_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
     """Writes evaluation scalars (e.g. 'bbox/AP') under eval/ and logs them."""
@@ -115,12 +149,21 @@ class TrainLog:
     logging.info('eval at step %d: %s', step,
                  ' '.join(f'{name} {value:.4f}' for name, value in metrics.items()))
 
+  def eval_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """Writes `images` (tag -> [height, width, 3] uint8 RGB), e.g. 'val/<image id>'."""
+    if not self._enabled:
+      return
+    for tag, image in images.items():
+      self._writer.add_image(tag, np.asarray(image), step, dataformats='HWC')
+    self._writer.flush()
+
   def close(self) -> None:
     if self._enabled:
       for handler, stream in self._streams:
         handler.setStream(stream)
       self._streams = []
-      self._bar.close()
+      if self._bar is not None:
+        self._bar.close()
       self._writer.close()
 
   def __enter__(self) -> 'TrainLog':

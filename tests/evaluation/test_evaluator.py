@@ -19,6 +19,7 @@ from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import shapes
 from maskrcnn_jax.evaluation import coco_results
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
+from maskrcnn_jax.inference import serving
 from maskrcnn_jax.inference.predictor import Predictor
 from maskrcnn_jax.model import mask_rcnn
 from maskrcnn_jax.runtime import distributed
@@ -81,6 +82,7 @@ def test_evaluator_matches_a_per_image_predictor_loop(tmp_path):
   workdir = tmp_path / 'eval'
   metrics = evaluator(variables, workdir=str(workdir), progress=False)
   assert evaluator.forward._cache_size() == 1
+  assert evaluator.kept_images == []
   assert metrics['images'] == 5 and metrics['images_per_second'] > 0
   assert json.loads((workdir / 'metrics.json').read_text())['bbox'] == metrics['bbox']
   bbox_results = json.loads((workdir / 'results_bbox.json').read_text())
@@ -90,7 +92,7 @@ def test_evaluator_matches_a_per_image_predictor_loop(tmp_path):
   # In the main process (threads) instead of worker processes: the same files.
   config.eval.host_workers = 0
   in_process = evaluator(variables, workdir=str(tmp_path / 'eval0'), progress=False,
-                         checkpoint='/runs/a/checkpoints/7', step=7)
+                         checkpoint='/runs/a/checkpoints/7', step=7, keep_images=2)
   for name in ('results_bbox.json', 'results_segm.json'):
     assert (tmp_path / 'eval0' / name).read_text() == (workdir / name).read_text()
   assert in_process['bbox'] == metrics['bbox'] and in_process['segm'] == metrics['segm']
@@ -114,6 +116,54 @@ def test_evaluator_matches_a_per_image_predictor_loop(tmp_path):
     masks = np.stack([mask_util.decode(r['segmentation']) for r in segms]).astype(bool)
     assert masks.shape == expected['masks'].shape and masks.sum() > 1000
     assert np.mean(masks != expected['masks']) < 1e-3
+  # The first 2 images' detections, kept for TensorBoard, are the predictor's too.
+  assert [kept.image_id for kept in evaluator.kept_images] == [1, 2]
+  for kept, record in zip(evaluator.kept_images, dataset.records):
+    expected = predictor(image_files.read_image(record))
+    np.testing.assert_array_equal(kept.pixels, image_files.read_image(record))
+    np.testing.assert_allclose(kept.detections['boxes'], expected['boxes'], atol=1e-3)
+    np.testing.assert_allclose(kept.detections['scores'], expected['scores'], atol=1e-4)
+    np.testing.assert_array_equal(kept.detections['classes'], expected['classes'])
+    assert kept.detections['masks'].shape == expected['masks'].shape
+    assert np.mean(kept.detections['masks'] != expected['masks']) < 1e-3
+
+
+def test_a_kept_image_holds_the_detections_a_predictor_gives(tmp_path):
+  """`kept_image`: an image's COCO results back to `serving.detections_in_original`'s."""
+  record = _shapes_split(tmp_path, num_images=1, size=96).records[0]
+  eval_config = load_config('tiny').eval
+  rng = np.random.default_rng(0)
+  outputs = {  # two valid detections of a 96 x 96 image resized to 48 x 48
+      'boxes': np.array([[[3.0, 5.5, 40.0, 20.25], [10.0, 1.0, 12.5, 30.0],
+                          [0.0, 0.0, 1.0, 1.0]]], np.float32),
+      'scores': np.array([[0.9, 0.4, 0.1]], np.float32),
+      'classes': np.array([[1, 3, 2]], np.int32),
+      'masks': rng.random((1, 3, 28, 28)).astype(np.float32),
+      'valid': np.array([[True, True, False]]),
+      'image_info': np.array([[48, 48, 0.5, 0, 0]], np.float32),
+      'image_id': np.array([record.image_id])}
+  category_ids, hw = (1, 3, 7, 9), (record.height, record.width)
+  bbox_results, segm_results = coco_results.batch_results(
+      outputs, [hw], category_ids, eval_config.mask_threshold, eval_config.mask_paste)
+  keypoint_results = [dict(r, keypoints=[4.5, 6.5, 0.8, 10.5, 12.5, 0.3]) for r in bbox_results]
+  kept = evaluator_lib.kept_image(record, bbox_results, segm_results, keypoint_results)
+  expected = serving.detections_in_original(
+      outputs, 0, hw, outputs['image_info'][0], serving.category_ids_of_classes(4, category_ids),
+      eval_config.mask_threshold, eval_config.mask_paste)
+  assert kept.image_id == record.image_id
+  np.testing.assert_array_equal(kept.pixels, image_files.read_image(record))
+  np.testing.assert_allclose(kept.detections['boxes'], expected['boxes'], atol=1e-4)
+  np.testing.assert_allclose(kept.detections['scores'], expected['scores'], atol=1e-6)
+  np.testing.assert_array_equal(kept.detections['classes'], [1, 7])
+  np.testing.assert_array_equal(kept.detections['classes'], expected['classes'])
+  assert kept.detections['masks'].dtype == bool and kept.detections['masks'].any()
+  np.testing.assert_array_equal(kept.detections['masks'], expected['masks'])
+  np.testing.assert_allclose(kept.detections['keypoints'], [[[5, 7, 1], [11, 13, 1]]] * 2)
+  np.testing.assert_allclose(kept.detections['keypoint_scores'], [[0.8, 0.3]] * 2)
+  # An image without detections; a model without masks.
+  empty = evaluator_lib.kept_image(record, [], [], None).detections
+  assert empty['boxes'].shape == (0, 4) and empty['masks'].shape == (0, 96, 96)
+  assert 'masks' not in evaluator_lib.kept_image(record, bbox_results, None, None).detections
 
 
 def _config_file(tmp_path):

@@ -3,6 +3,7 @@
 
 import collections
 import glob
+import io
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import textwrap
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 from tensorboardX.proto import event_pb2
 
@@ -116,6 +118,7 @@ def _loop_config(root, num_steps):
   d.val_annotations, d.val_images = shapes.write_split(str(root / 'shapes'), 'val', 3, 64,
                                                        seed=1)
   config.eval.batch_size = 2
+  config.eval.tensorboard_images = 2  # of the 3 val images
   t.batch_size, t.num_steps, t.checkpoint_every, t.log_every = 2, num_steps, 2, 1
   t.keep_checkpoints = 2
   return config
@@ -125,9 +128,9 @@ def _params(workdir, step):
   return checkpoint.load_variables(str(workdir / 'checkpoints' / str(step)))['params']
 
 
-def _tensorboard_scalars(logdir):
-  """tag -> [(step, value)] from the event files (TFRecord framing of Event protos)."""
-  scalars = collections.defaultdict(list)
+def _tensorboard_values(logdir):
+  """(step, summary value) of each value in the event files (TFRecord framing of Event
+  protos), in the order written."""
   for path in sorted(glob.glob(str(logdir / 'events.out.tfevents.*'))):
     with open(path, 'rb') as f:
       data = f.read()
@@ -137,8 +140,29 @@ def _tensorboard_scalars(logdir):
       event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
       offset += 12 + length + 4  # length, its crc, the record, its crc
       for value in event.summary.value:
-        scalars[value.tag].append((event.step, value.simple_value))
+        yield event.step, value
+
+
+def _tensorboard_scalars(logdir):
+  """tag -> [(step, value)] of the scalars in the event files."""
+  scalars = collections.defaultdict(list)
+  for step, value in _tensorboard_values(logdir):
+    if value.HasField('simple_value'):
+      scalars[value.tag].append((step, value.simple_value))
   return scalars
+
+
+def tensorboard_images(logdir):
+  """tag -> [(step, [height, width, channels] uint8 pixels)] of the images in the event
+  files."""
+  images = collections.defaultdict(list)
+  for step, value in _tensorboard_values(logdir):
+    if value.HasField('image'):
+      pixels = np.asarray(Image.open(io.BytesIO(value.image.encoded_image_string)))
+      assert pixels.shape == (value.image.height, value.image.width,
+                              value.image.colorspace), value.tag
+      images[value.tag].append((step, pixels))
+  return images
 
 
 @pytest.mark.slow
@@ -205,12 +229,21 @@ def test_interrupted_run_resumes_exactly_and_its_checkpoint_evaluates_the_same(t
   np.testing.assert_allclose(saved['total'], [totals[3], totals[4]], rtol=1e-6)
   # keep_checkpoints = 2 of the saves at steps 2 and 4.
   assert sorted(os.listdir(tmp_path / 'straight' / 'checkpoints')) == ['2', '4']
-  # TensorBoard: every loss term and the learning rate each step, eval at steps 2 and 4.
+  # TensorBoard: every loss term and the learning rate each step, the speed from the
+  # second (the first compiles), eval at steps 2 and 4 with the first 2 val images drawn.
   scalars = _tensorboard_scalars(tmp_path / 'straight' / 'tensorboard')
-  for term in LOSS_TERMS + ('total', 'learning_rate', 'images_per_second'):
+  for term in LOSS_TERMS + ('total', 'learning_rate'):
     assert [step for step, _ in scalars[f'train/{term}']] == [1, 2, 3, 4], term
+  assert [step for step, _ in scalars['train/images_per_second']] == [2, 3, 4]
   assert [step for step, _ in scalars['eval/segm/AP']] == [2, 4]
   assert scalars['eval/segm/AP'][-1][1] == pytest.approx(straight['eval']['segm']['AP'])
+  val_set = pipeline.load_split(config.data, 'val')
+  images = tensorboard_images(tmp_path / 'straight' / 'tensorboard')
+  assert sorted(images) == sorted(f'val/{r.image_id}' for r in val_set.records[:2])
+  for drawn in images.values():
+    assert [step for step, _ in drawn] == [2, 4]
+    for _, pixels in drawn:  # the 64 x 64 images, drawn enlarged or not
+      assert pixels.shape[0] == pixels.shape[1] >= 64 and pixels.shape[2] == 3
   # The final checkpoint evaluated on its own gives the training-time numbers.
   config = _loop_config(tmp_path, 4)
   evaluator = evaluator_lib.Evaluator(config, pipeline.load_split(config.data, 'val'),
