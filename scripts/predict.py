@@ -37,7 +37,6 @@ from maskrcnn_jax import checkpoint
 from maskrcnn_jax import cli
 from maskrcnn_jax.data import coco
 from maskrcnn_jax.data import image_files
-from maskrcnn_jax.inference import predictor as predictor_lib
 from maskrcnn_jax.inference.predictor import Predictor
 from maskrcnn_jax.inference.visualize import draw_detections
 from maskrcnn_jax.train import preflight
@@ -125,8 +124,7 @@ def main(argv):
   preflight.check_canvases(config)
   category_ids, names = categories(config.model.num_classes)
   variables = checkpoint.load_variables(_CHECKPOINT.value)
-  predictor_lib.check_variables(config, variables, _CHECKPOINT.value)
-  predictor = Predictor(config, variables, category_ids)
+  predictor = Predictor(config, variables, category_ids, source=_CHECKPOINT.value)
   os.makedirs(_OUT.value, exist_ok=True)
   used, failed = set(), []
   for path in paths:

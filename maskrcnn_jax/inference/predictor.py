@@ -135,14 +135,15 @@ class Predictor:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, variables: Any,
-               category_ids: Sequence[int] | None = None):
+               category_ids: Sequence[int] | None = None, source: str = 'the variables'):
     """Args:
       config: a full config (`model`, `data` and `eval` sections are read).
       variables: {'params': ..., 'batch_stats': ...} for `MaskRCNN(config.model)`.
       category_ids: dataset category id of each class 1..K; None keeps the class
         index itself (torchvision's COCO models use category ids as labels).
+      source: what holds `variables` (a checkpoint path), named when they do not fit.
     """
-    check_variables(config, variables)
+    check_variables(config, variables, source)
     self._config = config
     self._variables = jax.device_put(variables)
     self._class_to_id = serving.category_ids_of_classes(config.model.num_classes,
