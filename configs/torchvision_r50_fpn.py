@@ -22,6 +22,8 @@ def get_config():
   m.rpn.post_nms_topk_train = 2000
   m.rpn.min_box_size = 1e-3
   m.rpn.box_loss, m.rpn.smooth_l1_beta = 'smooth_l1', 1.0 / 9.0  # torchvision's losses
+  m.rpn.loss_normalizer = 'sampled'  # divided by the anchors sampled
+  c.train.weight_decay_norm = c.train.weight_decay  # references/detection/train.py
   m.roi_heads.box_loss, m.roi_heads.smooth_l1_beta = 'smooth_l1', 1.0 / 9.0
   m.roi_align.aligned = False
   m.roi_align.sampling_ratio = 2

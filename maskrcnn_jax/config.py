@@ -64,6 +64,10 @@ def default_config() -> ml_collections.ConfigDict:
   m.rpn.bg_iou_threshold = 0.3
   m.rpn.batch_size_per_image = 256
   m.rpn.positive_fraction = 0.5
+  # The RPN losses' divisor: 'batch_size' (Detectron2) is batch_size_per_image x images,
+  # 'sampled' (torchvision) the anchors actually sampled; they differ only when an image
+  # has fewer labelled anchors than batch_size_per_image.
+  m.rpn.loss_normalizer = 'batch_size'
   # Detectron2's 1x regresses boxes with L1 (SMOOTH_L1_BETA 0.0) in the RPN and the box
   # head; the smooth L1 of Detectron1 / torchvision is configs/ablations/noaug.py's.
   m.rpn.box_loss = 'l1'  # smooth_l1 | l1
@@ -193,11 +197,17 @@ def default_config() -> ml_collections.ConfigDict:
   t.base_lr = 0.02
   t.momentum = 0.9
   t.weight_decay = 1e-4
+  # Of normalization scales and biases (GroupNorm): 0 as Detectron2's WEIGHT_DECAY_NORM;
+  # torchvision's reference recipe decays them as everything else.
+  t.weight_decay_norm = 0.0
   t.warmup_steps = 1000
   t.warmup_factor = 1e-3
   t.lr_steps = (60_000, 80_000)
   t.lr_decay = 0.1
-  t.grad_clip_norm = 0.0  # 0 disables clipping
+  t.grad_clip_norm = 0.0  # the clipping threshold; 0 disables clipping
+  # Detectron2's CLIP_TYPE: 'full_model' bounds the norm of all trained gradients
+  # together, 'norm' each parameter's gradient on its own, 'value' each element.
+  t.grad_clip_type = 'full_model'
   t.checkpoint_every = 5000
   t.keep_checkpoints = 3
   t.log_every = 20

@@ -45,8 +45,8 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def rpn_losses(objectness: jax.Array, deltas: jax.Array, targets: dict[str, jax.Array],
-               box_loss: str = 'smooth_l1', beta: float = 1.0 / 9.0
-               ) -> tuple[jax.Array, jax.Array]:
+               box_loss: str = 'smooth_l1', beta: float = 1.0 / 9.0,
+               normalizer: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Objectness and anchor regression losses (torchvision `RegionProposalNetwork.compute_loss`).
 
   Args:
@@ -55,15 +55,18 @@ def rpn_losses(objectness: jax.Array, deltas: jax.Array, targets: dict[str, jax.
     targets: `rpn_targets` output: labels [A] int32 {1, 0, -1 unsampled}, box_targets [A, 4].
     box_loss: 'smooth_l1' or 'l1'.
     beta: smooth L1 beta.
+    normalizer: what both sums are divided by; None: the number of sampled anchors
+      (torchvision), else a fixed count such as Detectron2's batch size per image x
+      images. The two agree whenever the sampler fills its batch.
 
   Returns:
-    cls: BCE with logits, mean over the sampled anchors.
-    box: regression loss summed over positive anchors / number of sampled anchors.
+    cls: BCE with logits summed over the sampled anchors / normalizer.
+    box: regression loss summed over positive anchors / normalizer.
   """
   labels = targets['labels']
   sampled = labels >= 0
   positive = labels == 1
-  num_sampled = jnp.maximum(jnp.sum(sampled), 1)
+  num_sampled = jnp.maximum(jnp.sum(sampled), 1) if normalizer is None else normalizer
   bce = _binary_cross_entropy(objectness, positive.astype(jnp.float32))
   cls = jnp.sum(jnp.where(sampled, bce, 0.0)) / num_sampled
   box = _box_loss(deltas, targets['box_targets'], box_loss, beta)

@@ -65,6 +65,16 @@ def normalize_images(images: jax.Array, image_info: jax.Array, mean_rgb, std_rgb
   return jnp.where((rows & cols)[..., None], normalized, 0.0).astype(dtype)
 
 
+def _rpn_normalizer(rpn, num_images: int) -> int | None:
+  """What the RPN losses divide by: `losses.rpn_losses`' normalizer for `rpn.loss_normalizer`."""
+  if rpn.loss_normalizer == 'batch_size':
+    return rpn.batch_size_per_image * num_images
+  if rpn.loss_normalizer == 'sampled':
+    return None
+  raise ValueError("config.model.rpn.loss_normalizer must be 'batch_size' or 'sampled'; "
+                   f'got {rpn.loss_normalizer!r}')
+
+
 def _merge_images(*trees):
   """[B, X, ...] leaves -> [B * X, ...]: the losses see one batch-wide set of samples."""
   return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), trees)
@@ -240,7 +250,8 @@ class MaskRCNN(nn.Module):
     rpn_cls, rpn_box = losses_lib.rpn_losses(
         *_merge_images(jnp.concatenate(rpn_out['objectness'], axis=1),
                        jnp.concatenate(rpn_out['rpn_deltas'], axis=1), rpn_targets),
-        box_loss=c.rpn.box_loss, beta=c.rpn.smooth_l1_beta)
+        box_loss=c.rpn.box_loss, beta=c.rpn.smooth_l1_beta,
+        normalizer=_rpn_normalizer(c.rpn, num_images))
 
     roi_targets = jax.vmap(functools.partial(
         targets.roi_targets, fg_iou=c.roi_heads.fg_iou_threshold,

@@ -1,8 +1,11 @@
 """SGD with momentum, Detectron2's warmup + multi-step schedule, frozen backbone stages.
 
 Frozen stages (config.model.backbone.freeze_at) get no update at all, not even weight
-decay; normalization parameters (GroupNorm scale and bias) get no weight decay, as
-Detectron2's WEIGHT_DECAY_NORM = 0.
+decay, and their gradients count in no clipping norm (Detectron2 gives them none);
+normalization parameters (GroupNorm scale and bias) get train.weight_decay_norm: 0 as
+Detectron2's WEIGHT_DECAY_NORM, or the weight decay of the rest as torchvision's reference
+recipe. Clipping acts on the gradients before weight decay, as Detectron2's
+SOLVER.CLIP_GRADIENTS does.
 """
 
 import re
@@ -44,13 +47,37 @@ def is_frozen(names: tuple[str, ...], freeze_at: int) -> bool:
 
 
 def parameter_labels(params: Any, freeze_at: int) -> Any:
-  """'frozen', 'no_decay' (normalization) or 'decay' for each leaf of `params`."""
+  """'frozen', 'no_decay' (normalization: train.weight_decay_norm) or 'decay' for each
+  leaf of `params`."""
   def label(path, _):
     names = _path_names(path)
     if is_frozen(names, freeze_at):
       return 'frozen'
     return 'no_decay' if any(_NORM_MODULE.match(n) for n in names) else 'decay'
   return jax.tree_util.tree_map_with_path(label, params)
+
+
+def clip_each_by_norm(max_norm: float) -> optax.GradientTransformation:
+  """Scales each gradient array on its own to norm <= max_norm: Detectron2's CLIP_TYPE
+  'norm' (torch's clip_grad_norm_ on one parameter: factor max_norm / (norm + 1e-6))."""
+  def clip(updates, state, params=None):
+    del params
+    return jax.tree.map(
+        lambda g: g * jnp.minimum(1.0, max_norm / (jnp.sqrt(jnp.sum(jnp.square(g))) + 1e-6)),
+        updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), clip)
+
+
+def gradient_clipping(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The gradient clipping of train.grad_clip_type at train.grad_clip_norm (0: none)."""
+  kinds = {'full_model': optax.clip_by_global_norm, 'norm': clip_each_by_norm,
+           'value': optax.clip}
+  if train.grad_clip_type not in kinds:
+    raise ValueError(f"config.train.grad_clip_type must be one of {sorted(kinds)}; "
+                     f'got {train.grad_clip_type!r}')
+  if train.grad_clip_norm <= 0:
+    return optax.identity()
+  return kinds[train.grad_clip_type](train.grad_clip_norm)
 
 
 def make_optimizer(train: ml_collections.ConfigDict, params: Any,
@@ -62,9 +89,11 @@ def make_optimizer(train: ml_collections.ConfigDict, params: Any,
     return optax.chain(optax.add_decayed_weights(weight_decay),
                        optax.sgd(schedule, momentum=train.momentum))
 
-  optimizer = optax.multi_transform(
-      {'decay': sgd(train.weight_decay), 'no_decay': sgd(0.0), 'frozen': optax.set_to_zero()},
-      parameter_labels(params, freeze_at))
-  if train.grad_clip_norm > 0:
-    optimizer = optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), optimizer)
-  return optimizer
+  labels = parameter_labels(params, freeze_at)
+  frozen = jax.tree.map(lambda label: label == 'frozen', labels)
+  return optax.chain(
+      optax.masked(optax.set_to_zero(), frozen),  # before clipping measures any norm
+      gradient_clipping(train),
+      optax.multi_transform(
+          {'decay': sgd(train.weight_decay), 'no_decay': sgd(train.weight_decay_norm),
+           'frozen': optax.set_to_zero()}, labels))

@@ -105,6 +105,17 @@ def test_rpn_and_box_head_losses_against_reference(box_loss, beta):
                                                              ref_beta), rtol=1e-5)
 
 
+def test_rpn_losses_with_a_fixed_normalizer_divide_the_same_sums_by_it():
+  """Detectron2's divisor (batch size per image x images) in place of the sampled count."""
+  objectness, deltas, t = _rpn_case(np.random.default_rng(3))
+  num_sampled = int(np.sum(np.asarray(t['labels']) >= 0))
+  expected = np.array(_np_rpn_losses(objectness, deltas, t['labels'], t['box_targets'],
+                                     1.0 / 9.0)) * num_sampled / 1024
+  np.testing.assert_allclose(losses.rpn_losses(objectness, deltas, t, normalizer=1024),
+                             expected, rtol=1e-5)
+  assert num_sampled != 1024
+
+
 def test_smooth_l1_edges():
   x = np.array([-2.0, -0.5, 0.0, 0.25, 0.5, 3.0], np.float32)
   for beta in (0.5, 1.0, 1e-6, 0.0):
