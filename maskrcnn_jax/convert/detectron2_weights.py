@@ -36,11 +36,22 @@ _BN_STATS = (('weight', 'scale'), ('bias', 'bias'), ('running_mean', 'mean'),
              ('running_var', 'var'))
 
 
-def _conv_norm_rows(name: str, path: str, norm_path: str) -> list:
-  """A Detectron2 Conv2d with a FrozenBatchNorm2d `.norm` -> our conv + frozen bn."""
+def _norm_rows(name: str, norm_path: str, state_dict: Mapping[str, np.ndarray]) -> list:
+  """A Detectron2 `.norm`: FrozenBatchNorm2d (it has running statistics) -> our frozen bn in
+  'batch_stats'; GroupNorm (NORM 'GN': weight and bias only) -> our GroupNorm's params."""
+  if f'{name}.running_mean' in state_dict:
+    return [(f'{name}.{theirs}', 'batch_stats', f'{norm_path}/{ours}', tables_lib.identity)
+            for theirs, ours in _BN_STATS]
+  return [(f'{name}.weight', 'params', f'{norm_path}/scale', tables_lib.identity),
+          (f'{name}.bias', 'params', f'{norm_path}/bias', tables_lib.identity)]
+
+
+def _conv_norm_rows(name: str, path: str, norm_path: str,
+                    state_dict: Mapping[str, np.ndarray], prefix: str) -> list:
+  """A Detectron2 Conv2d with a `.norm` -> our conv + norm."""
   rows = [(f'{name}.weight', 'params', f'{path}/kernel', tables_lib.conv_kernel)]
-  rows += [(f'{name}.norm.{theirs}', 'batch_stats', f'{norm_path}/{ours}', tables_lib.identity)
-           for theirs, ours in _BN_STATS]
+  rows += [(theirs[len(prefix):], *rest)
+           for theirs, *rest in _norm_rows(f'{prefix}{name}.norm', norm_path, state_dict)]
   return rows
 
 
@@ -53,21 +64,24 @@ def resnet_table(state_dict: Mapping[str, np.ndarray], prefix: str,
                  input_format: str = 'BGR') -> list:
   """Rows for a Detectron2 ResNet / ResNeXt body (`backbone.bottom_up.`), depth from the keys.
 
-  Bottleneck bodies only (R50, R101, X101: what the Mask R-CNN zoo holds).
+  Bottleneck bodies (R50, R101, X101: what the Mask R-CNN zoo holds) and basic-block ones
+  (R18, R34: no conv3), with frozen batch norm or GroupNorm (RESNETS.NORM 'GN').
   """
   stem_kernel = _bgr_to_rgb_kernel if input_format == 'BGR' else tables_lib.conv_kernel
   rows = [('stem.conv1.weight', 'params', 'stem/conv1/kernel', stem_kernel)]
-  rows += [(f'stem.conv1.norm.{theirs}', 'batch_stats', f'stem/bn1/{ours}', tables_lib.identity)
-           for theirs, ours in _BN_STATS]
+  rows += [(theirs[len(prefix):], *rest)
+           for theirs, *rest in _norm_rows(f'{prefix}stem.conv1.norm', 'stem/bn1', state_dict)]
   for stage in range(2, 6):
     block = 0
     while f'{prefix}res{stage}.{block}.conv1.weight' in state_dict:
       theirs, ours = f'res{stage}.{block}', f'res{stage}/block{block}'
       for k in (1, 2, 3):
-        rows += _conv_norm_rows(f'{theirs}.conv{k}', f'{ours}/conv{k}', f'{ours}/bn{k}')
+        if f'{prefix}{theirs}.conv{k}.weight' in state_dict:
+          rows += _conv_norm_rows(f'{theirs}.conv{k}', f'{ours}/conv{k}', f'{ours}/bn{k}',
+                                  state_dict, prefix)
       if f'{prefix}{theirs}.shortcut.weight' in state_dict:
         rows += _conv_norm_rows(f'{theirs}.shortcut', f'{ours}/downsample_conv',
-                                f'{ours}/downsample_bn')
+                                f'{ours}/downsample_bn', state_dict, prefix)
       block += 1
   return rows
 

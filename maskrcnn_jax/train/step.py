@@ -132,4 +132,6 @@ def init_from_checkpoint(variables: dict[str, Any], loaded: dict[str, Any], sour
     flat[name] = jnp.asarray(value, flat[name].dtype)
   logging.info('%s: initialised %d of %d arrays', source,
                sum(np.shape(v) == np.shape(flat[k]) for k, v in loaded_flat.items()), len(flat))
-  return flax.traverse_util.unflatten_dict(flat, sep='/')
+  merged = flax.traverse_util.unflatten_dict(flat, sep='/')
+  # An empty collection (no batch_stats in a GroupNorm model) flattens to nothing.
+  return {collection: merged.get(collection, {}) for collection in variables}

@@ -57,7 +57,8 @@ def _check_outputs(data, sizes, variables):
   width_per_group = int(sizes['width_per_group']) * 64 // stem
   body = resnet.ResNet(depth=int(sizes['depth']), base_width=stem, groups=groups,
                        width_per_group=width_per_group,
-                       stride_in_1x1=sizes['stride_in_1x1'] == 'True')
+                       stride_in_1x1=sizes['stride_in_1x1'] == 'True',
+                       norm='group_norm' if sizes.get('norm') == 'GN' else 'frozen_bn')
   pyramid = fpn.FPN(channels=int(sizes['fpn']))
   rpn_head = rpn.RPNHead(num_anchors=3)
   box_pooler, mask_pooler = poolers.RoIPooler(7), poolers.RoIPooler(14)
@@ -115,6 +116,22 @@ def test_x101_checkpointer_pth_matches_recorded_detectron2():
   for key, value in weights.items():
     np.testing.assert_array_equal(state_dict[key], value, err_msg=key)
   _check_outputs(data, sizes, detectron2_weights.from_detectron2(path))
+
+
+def test_r18_group_norm_state_dict_matches_recorded_detectron2():
+  """Basic blocks and GroupNorm (RESNETS.NORM 'GN'): its weight and bias are trained
+  params, not frozen statistics."""
+  data, sizes, weights = _load('r18_gn')
+  assert sizes['norm'] == 'GN' and sizes['depth'] == '18'
+  variables = detectron2_weights.from_detectron2(weights)
+  body = variables['params']['backbone']
+  np.testing.assert_array_equal(body['res3']['block0']['bn2']['scale'],
+                                weights['backbone.bottom_up.res3.0.conv2.norm.weight'])
+  np.testing.assert_array_equal(body['stem']['bn1']['bias'],
+                                weights['backbone.bottom_up.stem.conv1.norm.bias'])
+  assert 'conv3' not in body['res2']['block0']
+  assert not jax.tree.leaves(variables.get('batch_stats', {}))
+  _check_outputs(data, sizes, variables)
 
 
 def _shapes(tree):

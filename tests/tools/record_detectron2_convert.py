@@ -14,7 +14,11 @@ with `seeded_weights.seeded_state_dict` values and run in float64 on one RGB ima
     (stride in the 3x3 conv, BGR, its PIXEL_STD); its weights are also written as a
     DetectionCheckpointer .pth.
 
-Both heads pool with POOLER_SAMPLING_RATIO 2 here (the conversion is under test, not
+  detectron2_r18_gn_fpn: the R50 config at depth 18 with RESNETS.NORM 'GN' (basic
+    blocks at Detectron2's only R18 width, RES2_OUT_CHANNELS 64; GroupNorm of 32 groups
+    with trained weight and bias), the body of configs/shapes_side_by_side.py.
+  `python tests/tools/record_detectron2_convert.py r18_gn` records only that one.
+Every head pools with POOLER_SAMPLING_RATIO 2 here (the conversion is under test, not
 adaptive sampling). Each .npz holds `seed`, `names` / `shapes` (0-padded) of the state
 dict, `config` (the reduced sizes as key=value strings), `image` [H, W, 3] uint8 RGB,
 `boxes` [R, 4] float32, and Detectron2's outputs in NHWC and our flattening:
@@ -26,6 +30,7 @@ X101-32x8d model, for a key coverage check.
 
 import pathlib
 import pickle
+import sys
 
 import numpy as np
 import torch
@@ -48,11 +53,13 @@ BOXES = np.array([[10.3, 20.7, 41.1, 49.9], [100.2, 60.5, 181.4, 139.8],
 REDUCED = {
     'r50': dict(yaml='mask_rcnn_R_50_FPN_1x.yaml', groups=1, width_per_group=4),
     'x101': dict(yaml='mask_rcnn_X_101_32x8d_FPN_3x.yaml', groups=2, width_per_group=2),
+    'r18_gn': dict(yaml='mask_rcnn_R_50_FPN_1x.yaml', groups=1, width_per_group=64,
+                   depth=18, norm='GN'),
 }
 
 
 def build(yaml: str, groups: int | None = None, width_per_group: int | None = None,
-          reduced: bool = True):
+          reduced: bool = True, depth: int | None = None, norm: str | None = None):
   cfg = get_cfg()
   cfg.merge_from_file(str(CONFIGS / yaml))
   cfg.MODEL.DEVICE = 'cpu'
@@ -67,6 +74,11 @@ def build(yaml: str, groups: int | None = None, width_per_group: int | None = No
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 5
     cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
     cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 2
+  if depth == 18:  # basic blocks: Detectron2 allows res2 at 64 channels only
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+  if norm is not None:
+    cfg.MODEL.RESNETS.NORM = norm
   return cfg, build_model(cfg).eval()
 
 
@@ -82,8 +94,8 @@ def _padded(names_and_shapes):
   return np.array([n for n, _ in names_and_shapes]), shapes
 
 
-def record(name: str, yaml: str, groups: int, width_per_group: int) -> dict:
-  cfg, model = build(yaml, groups, width_per_group)
+def record(name: str, yaml: str, groups: int, width_per_group: int, **options) -> dict:
+  cfg, model = build(yaml, groups, width_per_group, **options)
   names_and_shapes = _names_and_shapes(model)
   weights = seeded_weights.seeded_state_dict(names_and_shapes, SEED)
   model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
@@ -110,7 +122,9 @@ def record(name: str, yaml: str, groups: int, width_per_group: int) -> dict:
     mask_features = heads.mask_pooler([features[f] for f in heads.mask_in_features], boxes)
     out['mask_logits'] = heads.mask_head.layers(mask_features).permute(0, 2, 3, 1).numpy()
   names, shapes = _padded(names_and_shapes)
-  sizes = dict(groups=groups, width_per_group=width_per_group, stem=4, res2_out=16,
+  sizes = dict(groups=groups, width_per_group=width_per_group,
+               stem=cfg.MODEL.RESNETS.STEM_OUT_CHANNELS,
+               res2_out=cfg.MODEL.RESNETS.RES2_OUT_CHANNELS, norm=cfg.MODEL.RESNETS.NORM,
                depth=cfg.MODEL.RESNETS.DEPTH, stride_in_1x1=cfg.MODEL.RESNETS.STRIDE_IN_1X1,
                fpn=16, fc_dim=32, conv_dim=16, num_classes=5,
                pixel_mean_bgr=tuple(cfg.MODEL.PIXEL_MEAN), pixel_std_bgr=tuple(cfg.MODEL.PIXEL_STD),
@@ -122,8 +136,13 @@ def record(name: str, yaml: str, groups: int, width_per_group: int) -> dict:
   return record, model, weights
 
 
-def main():
+def main(names=('r50', 'x101', 'r18_gn')):
   FIXTURES.mkdir(exist_ok=True)
+  if 'r18_gn' in names:
+    r18, _, _ = record('r18_gn', **REDUCED['r18_gn'])
+    np.savez_compressed(FIXTURES / 'detectron2_r18_gn_fpn.npz', **r18)
+  if 'r50' not in names:
+    return
   r50, _, weights = record('r50', **REDUCED['r50'])
   np.savez_compressed(FIXTURES / 'detectron2_r50_fpn.npz', **r50)
   with open(FIXTURES / 'detectron2_r50_fpn.pkl', 'wb') as f:  # the model zoo's layout
@@ -141,4 +160,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  main(tuple(sys.argv[1:]) or ('r50', 'x101', 'r18_gn'))

@@ -309,6 +309,15 @@ def test_init_from_checkpoint_loads_a_backbone_and_skips_other_shapes():
     step_lib.init_from_checkpoint(variables, {'params': {'fpn': {'w': np.zeros(3)}}}, 'ckpt')
 
 
+def test_init_from_checkpoint_keeps_an_empty_batch_stats():
+  """A GroupNorm model (converted Detectron2 RESNETS.NORM 'GN') has no statistics at all."""
+  variables = {'params': {'backbone': {'scale': np.zeros(3, np.float32)}}, 'batch_stats': {}}
+  merged = step_lib.init_from_checkpoint(
+      variables, {'params': {'backbone': {'scale': np.ones(3)}}}, 'ckpt')
+  assert merged['batch_stats'] == {}
+  np.testing.assert_array_equal(merged['params']['backbone']['scale'], [1, 1, 1])
+
+
 @pytest.mark.slow
 def test_train_script_rejects_unknown_keys_and_needs_a_workdir(tmp_path):
   script = [sys.executable, str(REPO_ROOT / 'scripts' / 'train.py'),
