@@ -1,4 +1,7 @@
-"""What a training run reports: a progress bar, log lines, TensorBoard scalars and images.
+"""What a training run reports: a progress bar, log lines, TensorBoard scalars and images,
+and the logged training metrics as JSON lines (<workdir>/metrics.jsonl, like Detectron2's
+metrics.json: one object per logged step; a resumed run appends, so a step logged twice
+keeps its last line).
 
 Only process 0 writes; the others keep quiet. The bar shows only when stderr is a
 terminal (redirected to a file, as under SLURM, nohup or CI, the log lines are the
@@ -7,6 +10,7 @@ compilation does not count. TensorBoard event files go to `<workdir>/tensorboard
 with `tensorboard --logdir <workdir>/tensorboard`).
 """
 
+import json
 import logging
 import os
 import sys
@@ -65,7 +69,8 @@ class TrainLog:
   def __init__(self, workdir: str, start_step: int, num_steps: int, batch_size: int,
                enabled: bool = True):
     """Args:
-      workdir: the run's directory; events go to <workdir>/tensorboard.
+      workdir: the run's directory; events go to <workdir>/tensorboard, logged training
+        metrics to <workdir>/metrics.jsonl.
       start_step: the step the run (re)starts from.
       num_steps: the last step.
       batch_size: global images per step, for images/s.
@@ -78,6 +83,7 @@ class TrainLog:
     # The step and time speeds count from: the end of the first step (None before it).
     self._last_step, self._last_time = None, None
     self._writer = None
+    self._jsonl = os.path.join(workdir, 'metrics.jsonl')
     self._bar = None
     self._streams = []  # (handler, its stream) while log lines go above the bar
     if enabled:
@@ -126,6 +132,11 @@ class TrainLog:
       self._writer.add_scalar('train/images_per_second', speed * self._batch_size, step)
     self._writer.add_scalar('data/skipped_images', skipped_images, step)
     self._writer.flush()
+    line = dict({'step': step}, **{k: float(v) for k, v in metrics.items()})
+    if speed is not None:
+      line['images_per_second'] = speed * self._batch_size
+    with open(self._jsonl, 'a') as f:
+      f.write(json.dumps(line) + '\n')
     if self._bar is not None:
       self._bar.set_postfix(loss=f'{metrics["total"]:.3f}',
                             lr=f'{metrics["learning_rate"]:.2g}', refresh=False)

@@ -2,6 +2,7 @@
 a terminal), speeds that do not count the first step's compilation, drawn images."""
 
 import io
+import json
 import logging
 import re
 import sys
@@ -88,6 +89,10 @@ def test_speed_and_eta_do_not_count_the_first_step(tmp_path, monkeypatch, caplog
   scalars = _tensorboard_scalars(tmp_path / 'tensorboard')
   assert scalars['train/images_per_second'] == [(10, 4.0), (20, 8.0)]
   assert [step for step, _ in scalars['train/total']] == [1, 10, 20]
+  lines = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert lines == [{'step': 1, 'total': 3.0, 'learning_rate': 0.01},
+                   {'step': 10, 'total': 2.0, 'learning_rate': 0.01, 'images_per_second': 4.0},
+                   {'step': 20, 'total': 1.0, 'learning_rate': 0.01, 'images_per_second': 8.0}]
 
 
 def test_resumed_run_counts_from_its_first_step(tmp_path, monkeypatch, caplog):
