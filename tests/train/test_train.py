@@ -185,6 +185,11 @@ def test_a_bfloat16_step_follows_the_float32_step(tmp_path):
   m.rpn.batch_size_per_image, m.rpn.positive_fraction = anchors, 1.0
   m.roi_heads.batch_size_per_image = anchors + config.data.max_instances
   m.roi_heads.positive_fraction = 1.0
+  # The RPN objectness bias gradient is a sum over every anchor of equal cotangents, and
+  # bfloat16 sums it with a large error: divided by the 2,046 anchors
+  # (rpn.loss_normalizer 'batch_size' here) it is 35% off, divided by the 2,010 labelled
+  # ones ('sampled') 1.1%. The bounds below are the latter's.
+  m.rpn.loss_normalizer = 'sampled'
   batch = _first_batch(config, 2)
   mesh = distributed.data_mesh()
   metrics, updates = {}, {}
