@@ -47,13 +47,13 @@ def is_frozen(names: tuple[str, ...], freeze_at: int) -> bool:
 
 
 def parameter_labels(params: Any, freeze_at: int) -> Any:
-  """'frozen', 'no_decay' (normalization: train.weight_decay_norm) or 'decay' for each
+  """'frozen', 'norm' (normalization: train.weight_decay_norm) or 'decay' for each
   leaf of `params`."""
   def label(path, _):
     names = _path_names(path)
     if is_frozen(names, freeze_at):
       return 'frozen'
-    return 'no_decay' if any(_NORM_MODULE.match(n) for n in names) else 'decay'
+    return 'norm' if any(_NORM_MODULE.match(n) for n in names) else 'decay'
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -95,5 +95,5 @@ def make_optimizer(train: ml_collections.ConfigDict, params: Any,
       optax.masked(optax.set_to_zero(), frozen),  # before clipping measures any norm
       gradient_clipping(train),
       optax.multi_transform(
-          {'decay': sgd(train.weight_decay), 'no_decay': sgd(train.weight_decay_norm),
+          {'decay': sgd(train.weight_decay), 'norm': sgd(train.weight_decay_norm),
            'frozen': optax.set_to_zero()}, labels))

@@ -61,8 +61,8 @@ def test_labels_follow_freeze_at_and_norm_layers():
   assert labels['backbone']['stem']['conv1']['kernel'] == 'frozen'
   assert labels['backbone']['res2']['block0']['conv1']['kernel'] == 'frozen'
   assert labels['backbone']['res3']['block0']['conv1']['kernel'] == 'decay'
-  assert labels['backbone']['res3']['block0']['bn1']['scale'] == 'no_decay'
-  assert labels['backbone']['res3']['block0']['downsample_bn']['scale'] == 'no_decay'
+  assert labels['backbone']['res3']['block0']['bn1']['scale'] == 'norm'
+  assert labels['backbone']['res3']['block0']['downsample_bn']['scale'] == 'norm'
   assert labels['fpn']['lateral2']['bias'] == 'decay'
   nothing_frozen = optimizer_lib.parameter_labels(_params(), freeze_at=0)
   assert nothing_frozen['backbone']['stem']['conv1']['kernel'] == 'decay'
