@@ -36,23 +36,21 @@ _BN_STATS = (('weight', 'scale'), ('bias', 'bias'), ('running_mean', 'mean'),
              ('running_var', 'var'))
 
 
-def _norm_rows(name: str, norm_path: str, state_dict: Mapping[str, np.ndarray]) -> list:
-  """A Detectron2 `.norm`: FrozenBatchNorm2d (it has running statistics) -> our frozen bn in
-  'batch_stats'; GroupNorm (NORM 'GN': weight and bias only) -> our GroupNorm's params."""
-  if f'{name}.running_mean' in state_dict:
+def _norm_rows(name: str, norm_path: str, frozen: bool) -> list:
+  """A Detectron2 `.norm`: FrozenBatchNorm2d (`frozen`: it has running statistics) -> our
+  frozen bn in 'batch_stats'; GroupNorm (NORM 'GN': weight and bias only) -> our
+  GroupNorm's params."""
+  if frozen:
     return [(f'{name}.{theirs}', 'batch_stats', f'{norm_path}/{ours}', tables_lib.identity)
             for theirs, ours in _BN_STATS]
   return [(f'{name}.weight', 'params', f'{norm_path}/scale', tables_lib.identity),
           (f'{name}.bias', 'params', f'{norm_path}/bias', tables_lib.identity)]
 
 
-def _conv_norm_rows(name: str, path: str, norm_path: str,
-                    state_dict: Mapping[str, np.ndarray], prefix: str) -> list:
+def _conv_norm_rows(name: str, path: str, norm_path: str, frozen: bool) -> list:
   """A Detectron2 Conv2d with a `.norm` -> our conv + norm."""
-  rows = [(f'{name}.weight', 'params', f'{path}/kernel', tables_lib.conv_kernel)]
-  rows += [(theirs[len(prefix):], *rest)
-           for theirs, *rest in _norm_rows(f'{prefix}{name}.norm', norm_path, state_dict)]
-  return rows
+  return ([(f'{name}.weight', 'params', f'{path}/kernel', tables_lib.conv_kernel)]
+          + _norm_rows(f'{name}.norm', norm_path, frozen))
 
 
 def _bgr_to_rgb_kernel(weight: np.ndarray) -> np.ndarray:
@@ -69,8 +67,8 @@ def resnet_table(state_dict: Mapping[str, np.ndarray], prefix: str,
   """
   stem_kernel = _bgr_to_rgb_kernel if input_format == 'BGR' else tables_lib.conv_kernel
   rows = [('stem.conv1.weight', 'params', 'stem/conv1/kernel', stem_kernel)]
-  rows += [(theirs[len(prefix):], *rest)
-           for theirs, *rest in _norm_rows(f'{prefix}stem.conv1.norm', 'stem/bn1', state_dict)]
+  frozen = f'{prefix}stem.conv1.norm.running_mean' in state_dict  # else GroupNorm
+  rows += _norm_rows('stem.conv1.norm', 'stem/bn1', frozen)
   for stage in range(2, 6):
     block = 0
     while f'{prefix}res{stage}.{block}.conv1.weight' in state_dict:
@@ -78,10 +76,10 @@ def resnet_table(state_dict: Mapping[str, np.ndarray], prefix: str,
       for k in (1, 2, 3):
         if f'{prefix}{theirs}.conv{k}.weight' in state_dict:
           rows += _conv_norm_rows(f'{theirs}.conv{k}', f'{ours}/conv{k}', f'{ours}/bn{k}',
-                                  state_dict, prefix)
+                                  frozen)
       if f'{prefix}{theirs}.shortcut.weight' in state_dict:
         rows += _conv_norm_rows(f'{theirs}.shortcut', f'{ours}/downsample_conv',
-                                f'{ours}/downsample_bn', state_dict, prefix)
+                                f'{ours}/downsample_bn', frozen)
       block += 1
   return rows
 
